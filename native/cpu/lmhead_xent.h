@@ -1,0 +1,27 @@
+// lmhead_xent.h: LM head fused with softmax cross-entropy, over vocabulary chunks.
+//
+//   logits[n, v] = h[n,:] · W[v,:]          h (N,C), W (V,C) (torch layout, tied or not)
+//   loss[n] = logsumexp_v(logits[n]) - logits[n, target[n]]     (0 where target == ignore_index)
+// The (N,V) logits are never materialised: rows are processed in blocks and the vocabulary in
+// chunks of `chunk` columns with a running (max, sum) per row, so scratch is O(rows·chunk).
+// Forward keeps lse (N) for the backward, which recomputes each chunk's logits and forms
+//   dlogits = (softmax - onehot(target)) * dloss[n]
+// before accumulating dh += dlogits · W and dW += dlogitsᵀ · h (both +=, nullable).
+// Targets must be in [0, V) or equal ignore_index (checked by the op layer).
+#pragma once
+
+#include <cstdint>
+
+namespace qs::cpu {
+
+template <typename T>
+void lmhead_xent_forward(T* losses, float* lse, const T* h, const T* W, const int32_t* targets,
+                         int N, int C, int V, int ignore_index, int chunk);
+// losses (N), lse (N)
+
+template <typename T>
+void lmhead_xent_backward(T* dh, T* dW, const T* dlosses, const T* h, const T* W,
+                          const int32_t* targets, const float* lse, int N, int C, int V,
+                          int ignore_index, int chunk);
+
+}  // namespace qs::cpu
