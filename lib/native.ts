@@ -1,0 +1,162 @@
+/**
+ * Loads the native addon and types its interface. Nothing else in lib/ touches the addon
+ * directly except through these types.
+ *
+ * The addon is `build/Release/quietstar.node`, found with `bindings` from the package root
+ * (computed from this file's URL, so `lib/*.ts` under tsx and `dist/*.js` resolve the same
+ * file without stack-trace guessing). `QUIETSTAR_ADDON` points at another .node file.
+ */
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { QuietstarError } from './errors.js';
+
+/** Tensor element types. bf16 and f16 are storage formats (convert to f32 to compute). */
+export type DType = 'f32' | 'f64' | 'bf16' | 'f16' | 'i32' | 'u8';
+export type DeviceName = 'cpu' | 'cuda';
+
+export interface NativeTensor {
+  readonly dtype: DType;
+  readonly shape: number[];
+  readonly device: DeviceName;
+  readonly disposed: boolean;
+  dispose(): void;
+}
+
+export interface NativeMemory {
+  hostBytes: number;
+  deviceBytes: number;
+  hostPeakBytes?: number;
+  devicePeakBytes?: number;
+  hostBuffers?: number;
+  deviceBuffers?: number;
+  deviceFreeBytes?: number;
+  deviceTotalBytes?: number;
+}
+
+export interface NativeParamEntry {
+  name: string;
+  shape: number[];
+  offset: number;
+  numel: number;
+  decay: boolean;
+}
+
+export interface NativeParameters {
+  entries(): NativeParamEntry[];
+  buffer(which: 'params' | 'grads' | 'm' | 'v'): NativeTensor;
+  adamwStep(config: { lr?: number; beta1?: number; beta2?: number; eps?: number; weightDecay?: number }): Promise<number>;
+  clipGradNorm(maxNorm: number): Promise<number>;
+  zeroGrad(): Promise<void>;
+  setStep(step: number): Promise<void>;
+  dispose(): void;
+}
+
+export interface NativeEngine {
+  readonly device: DeviceName;
+  readonly threads: number;
+  readonly disposed: boolean;
+  readonly pending: number;
+  tensorFromArray(data: ArrayBufferView, shape: number[], dtype?: DType): NativeTensor;
+  empty(dtype: DType, shape: number[]): NativeTensor;
+  view(tensor: NativeTensor, offset: number, shape: number[]): NativeTensor;
+  run(
+    op: string,
+    tensors: Record<string, NativeTensor | undefined>,
+    numbers: Record<string, number | boolean | undefined>,
+    strings: Record<string, string | undefined>,
+  ): Promise<Record<string, NativeTensor>>;
+  read(tensor: NativeTensor): Promise<ArrayBuffer>;
+  readSync(tensor: NativeTensor): ArrayBuffer;
+  memory(): NativeMemory;
+  synchronize(): Promise<void>;
+  debugSleep(ms: number): Promise<void>;
+  createParameters(
+    specs: { name: string; shape: number[]; decay?: boolean }[],
+    dtype: DType,
+    withOptimizer: boolean,
+  ): Promise<NativeParameters>;
+  dispose(): void;
+}
+
+export interface GpuInfo {
+  index: number;
+  name: string;
+  computeCapability: string;
+  memoryBytes: number;
+  multiprocessors: number;
+}
+
+/** What was built and what this machine can run; `quietstar info --json` prints it. */
+export interface BackendInfo {
+  built: DeviceName[];
+  active: DeviceName;
+  cudaCompiled: boolean;
+  cudaArchs: string | null;
+  nvccVersion: string | null;
+  cudaRuntimeVersion: string | null;
+  cudaDriverVersion: string | null;
+  cudaUsable: boolean;
+  cudaUnavailableReason: string | null;
+  gpus: GpuInfo[];
+  cublas: { found: boolean; path: string | null; reason: string | null };
+  gemm: { cpu: string; cuda: string };
+  gemmKernel: string;
+  cpuThreads: number;
+  openmp: boolean;
+  napiVersion: number;
+}
+
+export interface BindingModule {
+  NativeEngine: new (options: { device?: string; threads?: number; cudaDevice?: number }) => NativeEngine;
+  NativeTensor: abstract new (...args: never[]) => NativeTensor;
+  backendInfo(extraCublasDirs?: string[]): BackendInfo;
+  opNames(): string[];
+  setErrorClass(ctor: typeof QuietstarError): void;
+}
+
+/** The package root: one level above lib/ (tsx) or dist/ (compiled). */
+export const packageRoot: string = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+
+const BUILD_COMMAND = 'npm rebuild quietstar (or, in a clone, `npm run build:native`)';
+
+let cached: BindingModule | undefined;
+
+/** Loads the addon once. Throws {@link QuietstarError} `ADDON_NOT_BUILT` naming the fix. */
+export function loadBinding(): BindingModule {
+  if (cached) return cached;
+  const require = createRequire(import.meta.url);
+  const override = process.env.QUIETSTAR_ADDON;
+  let mod: BindingModule;
+  try {
+    if (override) {
+      mod = require(resolve(override)) as BindingModule;
+    } else {
+      if (existsSync(join(packageRoot, 'build', 'Debug', 'quietstar.node'))) {
+        process.emitWarning(
+          `quietstar: ignoring build/Debug/quietstar.node; loading build/Release (remove build/Debug if stale)`,
+        );
+      }
+      const release = join(packageRoot, 'build', 'Release', 'quietstar.node');
+      // `bindings` would prefer a stale Debug build; ask it for Release explicitly when present.
+      const bindings = require('bindings') as (opts: { bindings: string; module_root: string; try?: string[][] }) => unknown;
+      mod = bindings({
+        bindings: 'quietstar.node',
+        module_root: packageRoot,
+        ...(existsSync(release) ? { try: [['module_root', 'build', 'Release', 'bindings']] } : {}),
+      }) as BindingModule;
+    }
+  } catch (err) {
+    const reason = err instanceof Error ? err.message.split('\n')[0] : String(err);
+    throw new QuietstarError(
+      `quietstar's native addon is not built or failed to load (${reason}). Build it with: ${BUILD_COMMAND}. ` +
+        `If npm skipped install scripts, allow them for quietstar and reinstall.`,
+      'ADDON_NOT_BUILT',
+    );
+  }
+  mod.setErrorClass(QuietstarError);
+  cached = mod;
+  return mod;
+}

@@ -1,0 +1,161 @@
+// engine.cpp: device choice, the compute thread and its FIFO queue (see engine.h).
+#include "quietstar/engine.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <future>
+
+#include "cpu/parallel.h"
+#include "quietstar/cuda_backend.h"
+
+namespace qs {
+
+static Status choose_device(const EngineOptions& options, Device* device) {
+  std::string requested = options.device;
+  // QUIETSTAR_DEVICE decides only where the caller left the choice to us ("auto").
+  const char* env = std::getenv("QUIETSTAR_DEVICE");
+  if (requested == "auto" && env && *env) requested = env;
+  if (requested == "cpu") { *device = Device::CPU; return Status::Ok(); }
+  if (requested != "cuda" && requested != "auto") {
+    return QS_ERROR(INVALID_ARGUMENT, "device must be 'auto', 'cpu' or 'cuda' (got '%s'%s)", requested.c_str(),
+                    env && requested == env ? " from QUIETSTAR_DEVICE" : "");
+  }
+  const cuda::RuntimeInfo& info = cuda::probe();
+  if (info.usable) { *device = Device::CUDA; return Status::Ok(); }
+  if (requested == "cuda") {
+    return QS_ERROR(UNAVAILABLE, "device 'cuda' was requested but cannot be used: %s",
+                    info.unavailable_reason.c_str());
+  }
+  *device = Device::CPU;
+  return Status::Ok();
+}
+
+Status Engine::create(const EngineOptions& options, std::unique_ptr<Engine>* out) {
+  QS_CHECK_ARG(options.threads >= 0, "threads must be >= 0 (got %d)", options.threads);
+  std::unique_ptr<Engine> e(new Engine());
+  QS_RETURN_IF_ERROR(choose_device(options, &e->device_));
+  e->threads_ = options.threads > 0 ? options.threads : cpu::hardware_threads();
+  e->cuda_device_ = options.cuda_device;
+  e->thread_ = std::thread([raw = e.get()] { raw->thread_main(); });
+  // Initialise the device context on the compute thread itself (CUDA's current device is per
+  // host thread) and report its failure from create().
+  Status init = e->run_sync([raw = e.get()]() -> Status {
+    cpu::set_num_threads(raw->threads_);
+    if (raw->device_ == Device::CUDA) {
+      QS_RETURN_IF_ERROR(cuda::set_device(raw->cuda_device_));
+      QS_RETURN_IF_ERROR(cuda::stream_create(&raw->stream_));
+    }
+    return Status::Ok();
+  });
+  if (!init.ok()) return init;  // ~Engine joins the thread
+  *out = std::move(e);
+  return Status::Ok();
+}
+
+Engine::~Engine() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void Engine::thread_main() {
+  for (;;) {
+    std::function<void()> job;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) break;  // stopping and drained
+      job = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    job();
+  }
+  if (stream_) {
+    cuda::stream_destroy(stream_);
+    stream_ = nullptr;
+  }
+}
+
+void Engine::submit(std::function<void()> job) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    queue_.push_back(std::move(job));
+  }
+  cv_.notify_one();
+}
+
+Status Engine::run_sync(const std::function<Status()>& job) {
+  if (std::this_thread::get_id() == thread_.get_id()) return job();  // already on it
+  std::promise<Status> done;
+  auto result = done.get_future();
+  submit([&] { done.set_value(job()); });
+  return result.get();
+}
+
+bool Engine::failed() const { return device_ == Device::CUDA && cuda::context_lost(); }
+
+Status Engine::check_alive() const {
+  if (failed()) {
+    return QS_ERROR(ENGINE_FAILED,
+                    "the CUDA context was lost after an earlier error; this engine cannot continue, restart the process");
+  }
+  return Status::Ok();
+}
+
+Status Engine::empty(DType dtype, const Shape& shape, Tensor* out) { return empty_on(device_, dtype, shape, out); }
+
+Status Engine::empty_on(Device device, DType dtype, const Shape& shape, Tensor* out) {
+  for (size_t i = 0; i < shape.size(); i++) {
+    QS_CHECK_ARG(shape[i] >= 0, "shape %s has a negative dimension at index %zu", shape_string(shape).c_str(), i);
+  }
+  std::shared_ptr<Storage> storage;
+  QS_RETURN_IF_ERROR(Storage::allocate(device, (size_t)shape_numel(shape) * dtype_size(dtype), stats_, &storage));
+  *out = Tensor(std::move(storage), 0, dtype, shape);
+  return Status::Ok();
+}
+
+Status Engine::upload(const void* src, size_t bytes, const Tensor& dst) {
+  QS_CHECK_ARG(bytes == dst.nbytes(), "upload of %zu bytes into %s (%zu bytes)", bytes, dst.describe().c_str(), dst.nbytes());
+  if (dst.device() == Device::CPU) {
+    std::memcpy(dst.raw(), src, bytes);
+    return Status::Ok();
+  }
+  return cuda::memcpy_h2d(dst.raw(), src, bytes, stream_);
+}
+
+Status Engine::download(const Tensor& src, void* dst, size_t bytes) {
+  QS_CHECK_ARG(bytes == src.nbytes(), "download of %s (%zu bytes) into %zu bytes", src.describe().c_str(), src.nbytes(), bytes);
+  if (src.device() == Device::CPU) {
+    std::memcpy(dst, src.raw(), bytes);
+    return Status::Ok();
+  }
+  return cuda::memcpy_d2h(dst, src.raw(), bytes, stream_);
+}
+
+Status Engine::synchronize() {
+  if (device_ == Device::CUDA) return cuda::stream_synchronize(stream_);
+  return Status::Ok();
+}
+
+MemorySnapshot Engine::memory() const {
+  MemorySnapshot m;
+  m.host_bytes = stats_->host_bytes.load();
+  m.device_bytes = stats_->device_bytes.load();
+  m.host_peak = stats_->host_peak.load();
+  m.device_peak = stats_->device_peak.load();
+  m.host_storages = stats_->host_storages.load();
+  m.device_storages = stats_->device_storages.load();
+  if (device_ == Device::CUDA) {
+    size_t free_b = 0, total_b = 0;
+    if (cuda::mem_get_info(&free_b, &total_b).ok()) {
+      m.device_free = (int64_t)free_b;
+      m.device_total = (int64_t)total_b;
+    }
+  }
+  return m;
+}
+
+}  // namespace qs
