@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# gpu-check.sh: one prepared run on a GPU machine (no Node needed).
+#
+#   bash scripts/gpu-check.sh [OUT_DIR]
+#
+# 1. reports the environment: GPU, driver, nvcc, cmake/ninja, node, where cuBLAS is;
+# 2. builds the native tests and benchmarks with plain CMake (CUDA on, sm_90 by default:
+#    QUIETSTAR_CUDA_ARCHS overrides) — a binary built elsewhere may meet other system libraries;
+# 3. runs every native test (CUDA-vs-CPU twins run here; they skip without a GPU), with cuBLAS
+#    found and with it disabled;
+# 4. runs the benchmarks in --quick mode;
+# 5. runs the ava suite on the GPU when node is present (QUIETSTAR_DEVICE=cuda);
+# 6. prints a short summary table last. Logs go to OUT_DIR (default $OUT or ./gpu-check-out).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR="${1:-${OUT:-gpu-check-out}}"
+mkdir -p "$OUT_DIR"
+BUILD="${QUIETSTAR_GPU_BUILD:-build-gpu}"
+ARCHS="${QUIETSTAR_CUDA_ARCHS:-90}"
+declare -a SUMMARY=()
+note() { SUMMARY+=("$(printf '%-34s %s' "$1" "$2")"); }
+
+echo "== environment"
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv 2>&1 || echo "nvidia-smi: not found"
+  for tool in nvcc cmake ninja node g++; do printf '%-6s %s\n' "$tool" "$(command -v $tool || echo missing)"; done
+  nvcc --version 2>/dev/null | tail -2
+  ldconfig -p 2>/dev/null | grep -E 'libcublas(Lt)?\.so' || echo "cuBLAS: not on the loader path"
+  find / -path /proc -prune -o -name 'libcublasLt.so.*' -print 2>/dev/null | head -5
+} | tee "$OUT_DIR/env.txt"
+
+echo "== build ($BUILD, archs $ARCHS)"
+GEN=""
+command -v ninja >/dev/null && GEN="-G Ninja"
+NVCC="${CUDACXX:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}"
+if cmake -S . -B "$BUILD" $GEN -DCMAKE_BUILD_TYPE=Release -DQUIETSTAR_CUDA=ON \
+     -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_CUDA_ARCHITECTURES="$ARCHS" >"$OUT_DIR/configure.log" 2>&1 &&
+   cmake --build "$BUILD" -j "$(nproc)" >"$OUT_DIR/build.log" 2>&1; then
+  note build ok
+else
+  note build FAILED
+  tail -30 "$OUT_DIR/configure.log" "$OUT_DIR/build.log"
+  printf '%s\n' "${SUMMARY[@]}"
+  exit 1
+fi
+
+run_tests() {  # $1 label, rest: env assignments
+  local label="$1"; shift
+  local passed=0 failed=0 skipped=0
+  for t in "$BUILD"/test_*; do
+    [ -x "$t" ] || continue
+    local log="$OUT_DIR/$(basename "$t")-$label.log"
+    env "$@" "$t" >"$log" 2>&1
+    local line
+    line=$(grep -E '^QS_TEST_SUMMARY' "$log" | tail -1)
+    if [ -z "$line" ]; then failed=$((failed + 1)); echo "  $(basename "$t"): crashed (see $log)"; continue; fi
+    passed=$((passed + $(sed -E 's/.*passed=([0-9]+).*/\1/' <<<"$line")))
+    failed=$((failed + $(sed -E 's/.*failed=([0-9]+).*/\1/' <<<"$line")))
+    skipped=$((skipped + $(sed -E 's/.*skipped=([0-9]+).*/\1/' <<<"$line")))
+    grep -E 'NOT OK|FAIL' "$log" | head -5
+  done
+  note "native tests ($label)" "$passed passed, $failed failed, $skipped skipped"
+}
+
+echo "== native tests"
+run_tests cublas QUIETSTAR_SYNC=1
+run_tests no-cublas QUIETSTAR_SYNC=1 QUIETSTAR_CUBLAS=0
+
+echo "== benchmarks"
+for b in "$BUILD"/bench_*; do
+  [ -x "$b" ] || continue
+  timeout 300 "$b" --quick >"$OUT_DIR/$(basename "$b").jsonl" 2>"$OUT_DIR/$(basename "$b").err"
+  note "$(basename "$b")" "exit $? ($(wc -l <"$OUT_DIR/$(basename "$b").jsonl") rows)"
+done
+
+if command -v node >/dev/null && [ -d node_modules ]; then
+  echo "== ava on the GPU"
+  QUIETSTAR_DEVICE=cuda npx ava --tap >"$OUT_DIR/ava.tap" 2>&1
+  note "ava (QUIETSTAR_DEVICE=cuda)" "$(grep -E '^# (pass|fail)' "$OUT_DIR/ava.tap" | tr '\n' ' ')"
+else
+  note ava "skipped (no node or node_modules)"
+fi
+
+echo "== summary"
+printf '%s\n' "${SUMMARY[@]}" | tee "$OUT_DIR/summary.txt"
