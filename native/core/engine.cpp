@@ -71,7 +71,10 @@ void Engine::thread_main() {
       job = std::move(queue_.front());
       queue_.pop_front();
     }
-    job();
+    try {
+      job();  // jobs report their own errors; this only guards against a stray exception
+    } catch (...) {
+    }
   }
   if (stream_) {
     cuda::stream_destroy(stream_);
@@ -91,7 +94,17 @@ Status Engine::run_sync(const std::function<Status()>& job) {
   if (std::this_thread::get_id() == thread_.get_id()) return job();  // already on it
   std::promise<Status> done;
   auto result = done.get_future();
-  submit([&] { done.set_value(job()); });
+  submit([&] {
+    // Kernels allocate scratch with std::vector: a failed allocation must become a Status,
+    // never an exception escaping the compute thread (std::terminate would kill Node).
+    try {
+      done.set_value(job());
+    } catch (const std::bad_alloc&) {
+      done.set_value(QS_ERROR(OUT_OF_MEMORY, "host allocation failed (std::bad_alloc)"));
+    } catch (const std::exception& e) {
+      done.set_value(QS_ERROR(INTERNAL, "unexpected C++ exception: %s", e.what()));
+    }
+  });
   return result.get();
 }
 

@@ -8,6 +8,8 @@
 //   dlogits = (softmax - onehot(target)) * dloss[n]
 // before accumulating dh += dlogits · W and dW += dlogitsᵀ · h (both +=, nullable).
 // Targets must be in [0, V) or equal ignore_index (checked by the op layer).
+// Ignored rows are skipped entirely: loss = 0, lse = 0, no gradient. chunk <= 0 means 4096;
+// chunk > V means V.
 #pragma once
 
 #include <cstdint>

@@ -1,0 +1,409 @@
+/*
+ * lmhead_xent.cpp: LM head fused with softmax cross-entropy on the CPU (see lmhead_xent.h).
+ *
+ *   logits[n, v] = h[n,:] · W[v,:]        loss[n] = lse[n] - logits[n, target[n]]
+ *
+ * The (N, V) logits never exist. Rows that are not ignored are taken in blocks of up to
+ * kRowBlock = 256 and the vocabulary in chunks of `chunk` columns (chunk <= 0 means 4096;
+ * chunk > V means V), and for each (row block, chunk):
+ *
+ *   forward:   Z = h_blk · W_chunkᵀ                       (rows, chunk)  one gemm
+ *              per row: m' = max(m, max Z); l = l e^(m - m') + Σ e^(Z - m'); m = m'
+ *              the target's logit is read from the chunk that holds it
+ *              at the end: lse = m + log l, loss = lse - logit[target]
+ *   backward:  Z = h_blk · W_chunkᵀ again                 (rows, chunk)  one gemm
+ *              dZ = (e^(Z - lse) - onehot(target)) · dloss[n]   in place
+ *              dh_blk += dZ · W_chunk                     (rows, C)      one gemm
+ *              dW_chunk += dZᵀ · h_blk                    (chunk, C)     one gemm
+ *
+ * so scratch is one (rows, chunk) block plus, only when the block's rows are not contiguous
+ * in h, a gathered (rows, C) copy of h and a (rows, C) dh accumulator.
+ *
+ * Ignored rows (target == ignore_index) are dropped before the blocks are formed: they cost
+ * nothing, get loss = 0 and lse = 0 (not their log-sum-exp), and receive no gradient.
+ *
+ * Determinism: the blocks and chunks are visited in a fixed order that depends only on the
+ * targets and sizes; gemm is deterministic for fixed sizes; the per-row softmax work is
+ * parallel over rows, each row's reductions in a fixed order. So results are bit-identical
+ * for any thread count. Every gemm parallelises over the shared OpenMP pool by itself.
+ *
+ * exp: float uses a Cephes-style polynomial on SIMD vectors (≈1e-7 relative, 0 below -87),
+ * double uses std::exp. As in attention.cpp the vector code is written with GCC vector
+ * extensions and compiled for SSE2 (baseline), AVX2+FMA and AVX-512, chosen by CPUID at run
+ * time (QS_CPU_SIMD=generic|avx2 caps the choice, for tests). lse is float by contract,
+ * so the double backward's probabilities carry a relative error of ~1e-7·|lse|.
+ */
+#include "cpu/lmhead_xent.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "cpu/gemm.h"
+#include "cpu/parallel.h"
+
+// Vector-typed values passed between always-inlined helpers trip GCC's ABI note; they never
+// cross a real call boundary.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
+#if defined(__x86_64__) || defined(__i386__)
+#define QS_XENT_X86 1
+#define QS_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define QS_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
+#else
+#define QS_XENT_X86 0
+#endif
+#define QS_INLINE inline __attribute__((always_inline))
+
+namespace qs::cpu {
+namespace {
+
+constexpr int kRowBlock = 256;       // rows per block: big enough for efficient gemms
+constexpr int kDefaultChunk = 4096;  // vocabulary columns per chunk when chunk <= 0
+
+// ---------------------------------------------------------------------------------------------
+// SIMD: VB-byte vectors of T, loads/stores and exp (see attention.cpp for the same scheme).
+
+typedef float f32x4 __attribute__((vector_size(16)));
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef int32_t i32x4 __attribute__((vector_size(16)));
+typedef int32_t i32x8 __attribute__((vector_size(32)));
+typedef int32_t i32x16 __attribute__((vector_size(64)));
+typedef double f64x2 __attribute__((vector_size(16)));
+typedef double f64x4 __attribute__((vector_size(32)));
+typedef double f64x8 __attribute__((vector_size(64)));
+
+template <typename T_, typename V_>
+struct SimdBase {
+  typedef T_ T;
+  typedef V_ V;
+  static constexpr int L = sizeof(V) / sizeof(T);
+  static QS_INLINE V load(const T* p) { V v; std::memcpy(&v, p, sizeof(V)); return v; }
+  static QS_INLINE void store(T* p, const V& v) { std::memcpy(p, &v, sizeof(V)); }
+  static QS_INLINE V splat(T x) { return V{} + x; }
+  // The first n < L elements of p, the rest filled with `fill`.
+  static QS_INLINE V load_part(const T* p, int n, T fill) {
+    T tmp[L];
+    for (int i = 0; i < L; i++) tmp[i] = i < n ? p[i] : fill;
+    return load(tmp);
+  }
+  static QS_INLINE void store_part(T* p, int n, const V& v) {
+    T tmp[L];
+    store(tmp, v);
+    for (int i = 0; i < n; i++) p[i] = tmp[i];
+  }
+};
+
+template <typename T, int VB> struct Simd;
+
+template <typename V, typename VI>
+struct SimdF32 : SimdBase<float, V> {
+  // Cephes expf: 2^n · p(r), n = round(x / ln 2), r = x - n ln 2; exactly 0 below -87.
+  static QS_INLINE void exp_inplace(V& x) {
+    V xc = x < -87.0f ? V{} - 87.0f : x;
+    xc = xc > 88.0f ? V{} + 88.0f : xc;
+    V n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    V r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+    V z = r * r;
+    V y = ((((((V{} + 1.9875691500e-4f) * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r +
+             4.1665795894e-2f) * r + 1.6666665459e-1f) * r + 5.0000001201e-1f) * z + r + 1.0f;
+    VI bits = (__builtin_convertvector(n, VI) + 127) << 23;
+    y = y * (V)bits;
+    x = x < -87.0f ? V{} : y;
+  }
+};
+template <typename V>
+struct SimdF64 : SimdBase<double, V> {
+  static QS_INLINE void exp_inplace(V& x) {
+    for (int i = 0; i < (int)(sizeof(V) / sizeof(double)); i++) x[i] = std::exp(x[i]);
+  }
+};
+template <> struct Simd<float, 16> : SimdF32<f32x4, i32x4> {};
+template <> struct Simd<float, 32> : SimdF32<f32x8, i32x8> {};
+template <> struct Simd<float, 64> : SimdF32<f32x16, i32x16> {};
+template <> struct Simd<double, 16> : SimdF64<f64x2> {};
+template <> struct Simd<double, 32> : SimdF64<f64x4> {};
+template <> struct Simd<double, 64> : SimdF64<f64x8> {};
+
+// ---------------------------------------------------------------------------------------------
+// Per-row work on one chunk of logits
+
+// Online softmax statistics: folds the n logits x into the row's running (m, l).
+template <typename T, int VB>
+QS_INLINE void row_stats(const T* x, int n, T* m, T* l) {
+  typedef Simd<T, VB> S;
+  typedef typename S::V V;
+  constexpr int L = S::L;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  // max, lane-wise then across lanes (order fixed by the ISA, not by threads)
+  V vm = S::splat(ninf);
+  int j = 0;
+  for (; j + L <= n; j += L) {
+    V a = S::load(x + j);
+    vm = a > vm ? a : vm;
+  }
+  if (j < n) {
+    V a = S::load_part(x + j, n - j, ninf);
+    vm = a > vm ? a : vm;
+  }
+  T mx = ninf;
+  for (int i = 0; i < L; i++) mx = vm[i] > mx ? vm[i] : mx;
+  const T mnew = std::max(*m, mx);
+  if (mnew == ninf) return;  // nothing finite yet (only with -inf logits)
+  // Σ exp(x - m'), lane-wise partial sums added in lane order
+  const V mv = S::splat(mnew);
+  V vs = V{};
+  for (j = 0; j + L <= n; j += L) {
+    V p = S::load(x + j) - mv;
+    S::exp_inplace(p);
+    vs += p;
+  }
+  if (j < n) {
+    V p = S::load_part(x + j, n - j, ninf) - mv;
+    S::exp_inplace(p);
+    vs += p;
+  }
+  T sum = 0;
+  for (int i = 0; i < L; i++) sum += vs[i];
+  const T corr = *m == ninf ? T(0) : (T)std::exp(*m - mnew);
+  *l = *l * corr + sum;
+  *m = mnew;
+}
+
+// dlogits in place: x = exp(x - lse) · g (the one-hot part is subtracted by the caller).
+template <typename T, int VB>
+QS_INLINE void row_grad(T* x, int n, T lse, T g) {
+  typedef Simd<T, VB> S;
+  typedef typename S::V V;
+  constexpr int L = S::L;
+  const V lv = S::splat(lse), gv = S::splat(g);
+  int j = 0;
+  for (; j + L <= n; j += L) {
+    V p = S::load(x + j) - lv;
+    S::exp_inplace(p);
+    S::store(x + j, p * gv);
+  }
+  if (j < n) {
+    V p = S::load_part(x + j, n - j, T(0)) - lv;
+    S::exp_inplace(p);
+    S::store_part(x + j, n - j, p * gv);
+  }
+}
+
+template <typename T>
+struct RowFns {
+  void (*stats)(const T*, int, T*, T*);
+  void (*grad)(T*, int, T, T);
+};
+
+template <typename T> void stats_generic(const T* x, int n, T* m, T* l) { row_stats<T, 16>(x, n, m, l); }
+template <typename T> void grad_generic(T* x, int n, T lse, T g) { row_grad<T, 16>(x, n, lse, g); }
+#if QS_XENT_X86
+template <typename T> QS_TARGET_AVX2 void stats_avx2(const T* x, int n, T* m, T* l) { row_stats<T, 32>(x, n, m, l); }
+template <typename T> QS_TARGET_AVX2 void grad_avx2(T* x, int n, T lse, T g) { row_grad<T, 32>(x, n, lse, g); }
+template <typename T> QS_TARGET_AVX512 void stats_avx512(const T* x, int n, T* m, T* l) { row_stats<T, 64>(x, n, m, l); }
+template <typename T> QS_TARGET_AVX512 void grad_avx512(T* x, int n, T lse, T g) { row_grad<T, 64>(x, n, lse, g); }
+#endif
+
+enum Isa { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
+
+int detect_isa() {
+#if QS_XENT_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
+    return kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kAvx2;
+#endif
+  return kGeneric;
+}
+
+int active_isa() {
+  static const int best = detect_isa();
+  const char* env = std::getenv("QS_CPU_SIMD");
+  if (env) {
+    if (!std::strcmp(env, "generic")) return kGeneric;
+    if (!std::strcmp(env, "avx2")) return std::min(best, (int)kAvx2);
+  }
+  return best;
+}
+
+template <typename T>
+RowFns<T> pick_row_fns() {
+#if QS_XENT_X86
+  switch (active_isa()) {
+    case kAvx512: return {stats_avx512<T>, grad_avx512<T>};
+    case kAvx2: return {stats_avx2<T>, grad_avx2<T>};
+    default: break;
+  }
+#endif
+  return {stats_generic<T>, grad_generic<T>};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row blocks
+
+inline int effective_chunk(int chunk, int V) { return std::min(chunk <= 0 ? kDefaultChunk : chunk, V); }
+
+// The rows that are not ignored, in order.
+inline std::vector<int> active_rows(const int32_t* targets, int N, int ignore_index) {
+  std::vector<int> rows;
+  rows.reserve(N);
+  for (int n = 0; n < N; n++)
+    if (targets[n] != ignore_index) rows.push_back(n);
+  return rows;
+}
+
+// h rows of a block: h itself when the rows are consecutive, else gathered into hb (rb, C).
+template <typename T>
+const T* block_rows(const T* h, const int* idx, int rb, int C, T* hb, bool& contiguous) {
+  contiguous = idx[rb - 1] - idx[0] == rb - 1;  // idx is increasing
+  if (contiguous) return h + (int64_t)idx[0] * C;
+#pragma omp parallel for schedule(static)
+  for (int r = 0; r < rb; r++) std::memcpy(hb + (int64_t)r * C, h + (int64_t)idx[r] * C, sizeof(T) * C);
+  return hb;
+}
+
+// Z (rb, nc) = hp (rb, C) · W[v0 : v0 + nc]ᵀ
+template <typename T>
+void chunk_logits(T* Z, const T* hp, const T* W, int rb, int nc, int C, int v0) {
+  if (C <= 0) {
+    std::fill(Z, Z + (int64_t)rb * nc, T(0));
+    return;
+  }
+  gemm<T>(false, true, rb, nc, C, T(1), hp, C, W + (int64_t)v0 * C, C, T(0), Z, nc);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Entry points
+
+template <typename T>
+void lmhead_xent_forward(T* losses, float* lse, const T* h, const T* W, const int32_t* targets, int N,
+                         int C, int V, int ignore_index, int chunk) {
+  if (N <= 0) return;
+  for (int n = 0; n < N; n++) {  // ignored rows (and every row if V = 0)
+    losses[n] = 0;
+    lse[n] = 0;
+  }
+  if (V <= 0) return;
+  const int nchunk = effective_chunk(chunk, V);
+  const std::vector<int> rows = active_rows(targets, N, ignore_index);
+  const int nrows = (int)rows.size();
+  if (nrows == 0) return;
+  const RowFns<T> fns = pick_row_fns<T>();
+  const int RB = std::min(kRowBlock, nrows);
+  std::vector<T> Zbuf((size_t)RB * nchunk);  // (RB, chunk)  logits of one block and chunk
+  std::vector<T> hbuf;                       // (RB, C)      gathered h rows, when needed
+  std::vector<T> m(RB), l(RB), zt(RB);       // (RB)         running max, sum, target logit
+  T* Z = Zbuf.data();
+
+  for (int start = 0; start < nrows; start += RB) {
+    const int rb = std::min(RB, nrows - start);
+    const int* idx = rows.data() + start;
+    bool contiguous;
+    if (idx[rb - 1] - idx[0] != rb - 1 && hbuf.empty()) hbuf.resize((size_t)RB * C);
+    const T* hp = block_rows(h, idx, rb, C, hbuf.data(), contiguous);
+    for (int r = 0; r < rb; r++) {
+      m[r] = -std::numeric_limits<T>::infinity();
+      l[r] = 0;
+      zt[r] = 0;
+    }
+    for (int v0 = 0; v0 < V; v0 += nchunk) {
+      const int nc = std::min(nchunk, V - v0);
+      chunk_logits(Z, hp, W, rb, nc, C, v0);  // (rb, nc)
+      T* mp = m.data();
+      T* lp = l.data();
+      T* zp = zt.data();
+#pragma omp parallel for schedule(static)
+      for (int r = 0; r < rb; r++) {
+        const T* z = Z + (int64_t)r * nc;
+        fns.stats(z, nc, mp + r, lp + r);
+        const int t = targets[idx[r]];
+        if (t >= v0 && t < v0 + nc) zp[r] = z[t - v0];
+      }
+    }
+    for (int r = 0; r < rb; r++) {
+      const T ls = m[r] + std::log(l[r]);
+      lse[idx[r]] = (float)ls;
+      losses[idx[r]] = ls - zt[r];
+    }
+  }
+}
+
+template <typename T>
+void lmhead_xent_backward(T* dh, T* dW, const T* dlosses, const T* h, const T* W, const int32_t* targets,
+                          const float* lse, int N, int C, int V, int ignore_index, int chunk) {
+  if (N <= 0 || V <= 0 || C <= 0 || (!dh && !dW)) return;
+  const int nchunk = effective_chunk(chunk, V);
+  const std::vector<int> rows = active_rows(targets, N, ignore_index);
+  const int nrows = (int)rows.size();
+  if (nrows == 0) return;
+  const RowFns<T> fns = pick_row_fns<T>();
+  const int RB = std::min(kRowBlock, nrows);
+  std::vector<T> Zbuf((size_t)RB * nchunk);  // (RB, chunk)  logits, then dlogits, of a block
+  std::vector<T> hbuf, dhbuf;                // (RB, C)      gathered h rows / their dh, if needed
+  T* Z = Zbuf.data();
+
+  for (int start = 0; start < nrows; start += RB) {
+    const int rb = std::min(RB, nrows - start);
+    const int* idx = rows.data() + start;
+    bool contiguous;
+    if (idx[rb - 1] - idx[0] != rb - 1 && hbuf.empty()) {
+      hbuf.resize((size_t)RB * C);
+      if (dh) dhbuf.resize((size_t)RB * C);
+    }
+    const T* hp = block_rows(h, idx, rb, C, hbuf.data(), contiguous);
+    // Contiguous rows accumulate straight into dh; gathered ones into dhbuf, scattered below.
+    T* dhp = dh ? (contiguous ? dh + (int64_t)idx[0] * C : dhbuf.data()) : nullptr;
+
+    for (int v0 = 0; v0 < V; v0 += nchunk) {
+      const int nc = std::min(nchunk, V - v0);
+      chunk_logits(Z, hp, W, rb, nc, C, v0);  // (rb, nc)
+#pragma omp parallel for schedule(static)
+      for (int r = 0; r < rb; r++) {
+        T* z = Z + (int64_t)r * nc;
+        const int n = idx[r];
+        const T g = dlosses[n];
+        fns.grad(z, nc, (T)lse[n], g);
+        const int t = targets[n];
+        if (t >= v0 && t < v0 + nc) z[t - v0] -= g;
+      }
+      // dh_blk (rb, C) (+)= dZ (rb, nc) · W_chunk (nc, C); a gathered block starts from 0
+      if (dhp) {
+        const T beta = contiguous || v0 > 0 ? T(1) : T(0);
+        gemm<T>(false, false, rb, C, nc, T(1), Z, nc, W + (int64_t)v0 * C, C, beta, dhp, C);
+      }
+      // dW_chunk (nc, C) += dZᵀ (nc, rb) · h_blk (rb, C)
+      if (dW) gemm<T>(true, false, nc, C, rb, T(1), Z, nc, hp, C, T(1), dW + (int64_t)v0 * C, C);
+    }
+    if (dh && !contiguous) {
+      const T* src = dhbuf.data();
+#pragma omp parallel for schedule(static)
+      for (int r = 0; r < rb; r++) {
+        T* dst = dh + (int64_t)idx[r] * C;
+        const T* s = src + (int64_t)r * C;
+        for (int c = 0; c < C; c++) dst[c] += s[c];
+      }
+    }
+  }
+}
+
+template void lmhead_xent_forward<float>(float*, float*, const float*, const float*, const int32_t*, int, int,
+                                         int, int, int);
+template void lmhead_xent_forward<double>(double*, float*, const double*, const double*, const int32_t*, int,
+                                          int, int, int, int);
+template void lmhead_xent_backward<float>(float*, float*, const float*, const float*, const float*,
+                                          const int32_t*, const float*, int, int, int, int, int);
+template void lmhead_xent_backward<double>(double*, double*, const double*, const double*, const double*,
+                                           const int32_t*, const float*, int, int, int, int, int);
+
+}  // namespace qs::cpu
