@@ -9,6 +9,7 @@
  */
 import type { DType, DeviceName, NativeEngine, NativeTensor } from './native.js';
 import { QuietstarError } from './errors.js';
+import { noteNewTensor } from './scope.js';
 
 /** The typed array that holds each dtype (bf16 and f16 as raw 16-bit patterns). */
 export type TypedArrayFor<D extends DType> = D extends 'f32'
@@ -60,6 +61,7 @@ export class Tensor {
     if (!t) {
       t = new Tensor(engineNative, native);
       wrappers.set(native, t);
+      noteNewTensor(t);
     }
     return t;
   }

@@ -231,3 +231,28 @@ test('a missing addon is an ADDON_NOT_BUILT error naming the build command', asy
   t.regex(r.stdout, /^ADDON_NOT_BUILT/);
   t.regex(r.stdout, /npm rebuild quietstar/);
 });
+
+test('scope() disposes what it created except its result; Scope works across await', async (t) => {
+  const { scope, Scope } = await import('../lib/index.js');
+  using e = cpuEngine();
+  let inner: import('../lib/index.js').Tensor | undefined;
+  const kept = scope(() => {
+    inner = e.tensor([1, 2]);
+    return { keep: e.tensor([3]) };
+  });
+  t.true(inner?.disposed);
+  t.false(kept.keep.disposed);
+  t.throws(() => scope(async () => 1), { message: /scope\(fn\) is synchronous/ });
+  const x = e.tensor([1, -1]);
+  {
+    using s = new Scope();
+    const { out } = s.track(await e.ops.geluForward({ inp: x }));
+    const { out: y } = await e.ops.geluForward({ inp: out });
+    s.keep(s.track(y));
+    t.false(out.disposed);
+    inner = out;
+    kept.keep = y;
+  }
+  t.true(inner.disposed);
+  t.false(kept.keep.disposed);
+});
