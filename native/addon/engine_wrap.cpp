@@ -2,6 +2,7 @@
 #include "addon/engine_wrap.h"
 
 #include <chrono>
+#include <map>
 #include <cstring>
 #include <thread>
 
@@ -341,32 +342,36 @@ Napi::Value EngineWrap::Run(const Napi::CallbackInfo& info) {
     }
   }
   auto outputs = std::make_shared<OpOutputs>();
+  // Output name -> index of the input it is (in-place ops), decided on the compute thread,
+  // which owns the slots' tensors.
+  auto in_place = std::make_shared<std::map<std::string, size_t>>();
   qs::Engine* e = engine_.get();
-  uint64_t id = id_;
   return enqueue(
       env,
-      [e, op, inputs, args, outputs]() -> Status {
+      [e, op, inputs, args, outputs, in_place]() -> Status {
         for (const Input& in : *inputs) {
           if (!in.slot->error.ok()) return in.slot->error;
           args->tensors[in.name] = in.slot->tensor;
         }
         Status st = run_op(*e, op, *args, outputs.get());
         args->tensors.clear();
-        return st;
-      },
-      [this, inputs, outputs, id](Napi::Env env) -> Napi::Value {
-        Napi::Object result = Napi::Object::New(env);
         for (auto& kv : *outputs) {
-          // An in-place output is the caller's own tensor: hand back that JS object.
-          const Input* same = nullptr;
-          for (const Input& in : *inputs) {
-            const Tensor& t = in.slot->tensor;
+          for (size_t i = 0; i < inputs->size(); i++) {
+            const Tensor& t = (*inputs)[i].slot->tensor;
             if (t.storage() == kv.second.storage() && t.offset_bytes() == kv.second.offset_bytes() &&
                 t.shape() == kv.second.shape() && t.dtype() == kv.second.dtype())
-              same = &in;
+              (*in_place)[kv.first] = i;
           }
-          if (same) {
-            result.Set(kv.first, same->js->Value());
+        }
+        return st;
+      },
+      [this, inputs, outputs, in_place](Napi::Env env) -> Napi::Value {
+        Napi::Object result = Napi::Object::New(env);
+        for (auto& kv : *outputs) {
+          auto same = in_place->find(kv.first);
+          if (same != in_place->end()) {
+            // An in-place output is the caller's own tensor: hand back that JS object.
+            result.Set(kv.first, (*inputs)[same->second].js->Value());
           } else {
             auto slot = new_slot(kv.second.dtype(), kv.second.shape());
             slot->tensor = kv.second;

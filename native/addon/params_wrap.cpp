@@ -189,10 +189,9 @@ Napi::Value ParamsWrap::Dispose(const Napi::CallbackInfo& info) {
     b.Value().Get("dispose").As<Napi::Function>().Call(b.Value(), {});
     b.Reset();
   }
-  // The ParamSet itself goes once the jobs holding it have run (they keep their own reference).
-  auto set = std::move(set_);
-  engine_->release_slot(std::make_shared<TensorSlot>());  // orders the release after queued jobs
-  set.reset();
+  // The ParamSet itself goes once the jobs already queued with it have run: each holds its
+  // own reference.
+  set_.reset();
   engine_ref_.Reset();
   return env.Undefined();
 }
