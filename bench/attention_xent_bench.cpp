@@ -30,7 +30,6 @@
  * Usage: bench_attention_xent_bench [--quick]   (--quick: fewer reps, N = 256 for the head)
  */
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -39,43 +38,21 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "cpu/attention.h"
 #include "cpu/gemm.h"
 #include "cpu/lmhead_xent.h"
 #include "cpu/parallel.h"
 
 namespace cpu = qs::cpu;
+using qs_bench::best_time;
+using qs_bench::emit;
+using qs_bench::now_s;
 
 namespace {
 
 // ---------------------------------------------------------------------------------------------
 // helpers
-
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-// Best-of-`reps` seconds of fn() after one warm-up call (warmup = false to skip it).
-template <typename F>
-double best_time(int reps, F&& fn, bool warmup = true) {
-  if (warmup) fn();
-  double best = 1e30;
-  for (int r = 0; r < reps; r++) {
-    double t0 = now_s();
-    fn();
-    best = std::min(best, now_s() - t0);
-  }
-  return best;
-}
-
-void emit(const std::string& name, double value, const char* unit, double baseline = -1) {
-  if (baseline > 0)
-    printf("{\"name\": \"%s\", \"value\": %.4g, \"unit\": \"%s\", \"baseline\": %.4g, \"ratio\": %.3f}\n",
-           name.c_str(), value, unit, baseline, value / baseline);
-  else
-    printf("{\"name\": \"%s\", \"value\": %.4g, \"unit\": \"%s\"}\n", name.c_str(), value, unit);
-  fflush(stdout);
-}
 
 struct Lcg {  // inputs only need to be varied, not good
   uint64_t s;
@@ -324,14 +301,7 @@ void bench_lmhead(int N, int C, int V, int chunk, int reps) {
 
 int main(int argc, char** argv) {
   bool quick = false;
-  for (int i = 1; i < argc; i++) {
-    if (std::strcmp(argv[i], "--quick") == 0) {
-      quick = true;
-    } else {
-      fprintf(stderr, "usage: %s [--quick]\n", argv[0]);
-      return 2;
-    }
-  }
+  if (!qs_bench::parse_args(argc, argv, "[--quick]", &quick)) return 2;
   fprintf(stderr, "gemm kernel: %s, threads: %d\n", cpu::gemm_kernel_name(), cpu::get_num_threads());
   const int reps = quick ? 2 : 5;
   bench_attention(4, 256, 12, 64, reps);

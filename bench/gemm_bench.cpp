@@ -30,8 +30,11 @@
 #include <thread>
 #include <vector>
 
+#include "bench_util.h"
 #include "cpu/gemm.h"
 #include "cpu/parallel.h"
+
+using qs_bench::best_time;
 
 namespace {
 
@@ -76,25 +79,7 @@ struct OpenBlas {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Timing
-
-double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-// Best-of-`reps` seconds of fn() after one warm-up call. Best-of, not mean: the machine is
-// shared, and interference only ever adds time.
-template <typename F>
-double best_time(int reps, F&& fn) {
-  fn();
-  double best = 1e30;
-  for (int r = 0; r < reps; r++) {
-    double t0 = now_s();
-    fn();
-    best = std::min(best, now_s() - t0);
-  }
-  return best;
-}
+// Timing (best_time: bench_util.h)
 
 // OpenBLAS worker threads spin for a while after each call, and so do OpenMP's; give the other
 // library's threads time to go to sleep before timing.
@@ -110,24 +95,24 @@ struct Shape {
 int main(int argc, char** argv) {
   bool quick = false, no_baseline = false;
   std::vector<int> thread_counts = {1, 2};
-  for (int i = 1; i < argc; i++) {
-    if (std::strcmp(argv[i], "--quick") == 0) {
-      quick = true;
-    } else if (std::strcmp(argv[i], "--no-baseline") == 0) {
+  auto other = [&](const char* arg) {
+    if (std::strcmp(arg, "--no-baseline") == 0) {
       no_baseline = true;
-    } else if (std::strncmp(argv[i], "--threads=", 10) == 0) {
+    } else if (std::strncmp(arg, "--threads=", 10) == 0) {
       thread_counts.clear();
-      for (const char* s = argv[i] + 10; *s;) {
+      for (const char* s = arg + 10; *s;) {
         int t = std::atoi(s);
         if (t > 0) thread_counts.push_back(t);
         while (*s && *s != ',') s++;
         if (*s == ',') s++;
       }
     } else {
-      fprintf(stderr, "usage: %s [--quick] [--threads=1,2] [--no-baseline]\n", argv[0]);
-      return 2;
+      return false;
     }
-  }
+    return true;
+  };
+  if (!qs_bench::parse_args(argc, argv, "[--quick] [--threads=1,2] [--no-baseline]", &quick, other))
+    return 2;
   const int reps = quick ? 2 : 5;
 
   OpenBlas blas;
@@ -211,15 +196,7 @@ int main(int argc, char** argv) {
                 name, have_blas ? "openblas" : "generic", max_err, worst, C[worst], Cref[worst], tol);
         mismatches++;
       }
-      if (!have_blas) {
-        printf("{\"name\": \"%s\", \"value\": %.2f, \"unit\": \"GFLOP/s\"}\n", name, ours);
-        fflush(stdout);
-        continue;
-      }
-      printf("{\"name\": \"%s\", \"value\": %.2f, \"unit\": \"GFLOP/s\", \"baseline\": %.2f, "
-             "\"ratio\": %.3f}\n",
-             name, ours, theirs, ours / theirs);
-      fflush(stdout);
+      qs_bench::emit(name, ours, "GFLOP/s", have_blas ? theirs : -1, "%.2f");
     }
   }
   return mismatches ? 1 : 0;

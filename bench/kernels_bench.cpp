@@ -18,7 +18,6 @@ Usage: bench_kernels_bench [--quick]   (--quick: smaller sizes and fewer repetit
 Threads: the OpenMP default (OMP_NUM_THREADS), reported on stderr.
 */
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -28,6 +27,7 @@ Threads: the OpenMP default (OMP_NUM_THREADS), reported on stderr.
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "cpu/activations.h"
 #include "cpu/adamw.h"
 #include "cpu/layernorm.h"
@@ -36,10 +36,7 @@ Threads: the OpenMP default (OMP_NUM_THREADS), reported on stderr.
 #include "cpu/rope.h"
 
 namespace cpu = qs::cpu;
-
-static double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+using qs_bench::now_s;
 
 // Fills x with a smooth pattern in parallel (also first-touches the pages in parallel).
 static void fill(std::vector<float>& x, float scale, float offset) {
@@ -97,22 +94,13 @@ struct Bench {
     }
     double gbs = (double)bytes / best_k / 1e9;
     double base = (double)cb->bytes() / best_c / 1e9;
-    printf("{\"name\": \"%s\", \"value\": %.3f, \"unit\": \"GB/s\", \"baseline\": %.3f, \"ratio\": %.3f}\n",
-           name.c_str(), gbs, base, gbs / base);
-    fflush(stdout);
+    qs_bench::emit(name, gbs, "GB/s", base, "%.3f");
   }
 };
 
 int main(int argc, char** argv) {
   bool quick = false;
-  for (int i = 1; i < argc; i++) {
-    if (std::strcmp(argv[i], "--quick") == 0) {
-      quick = true;
-    } else {
-      fprintf(stderr, "usage: %s [--quick]\n", argv[0]);
-      return 2;
-    }
-  }
+  if (!qs_bench::parse_args(argc, argv, "[--quick]", &quick)) return 2;
   Bench b{quick ? 3 : 8, quick ? 0.1 : 0.4, {}};
   fprintf(stderr, "kernels_bench: %d OpenMP threads, %s\n", cpu::get_num_threads(), quick ? "quick" : "full");
   const int64_t F4 = sizeof(float);

@@ -18,65 +18,22 @@ it is written and no element depends on another. Backward adds (+=) into the inp
 
 These are memory-bound loops over contiguous arrays, provided the exp does not dominate: libm's
 expf is an opaque call that keeps a loop scalar (~10x slower than streaming the data), so the
-float path uses exp_f32 below, branch-free arithmetic that the compiler vectorises. The double
-path (gradient checks) calls std::exp.
+float path uses exp_f32 (vec_math.h), branch-free arithmetic that the compiler vectorises. The
+double path (gradient checks) calls std::exp.
 */
 #include "cpu/activations.h"
 
 #include <cmath>
-#include <cstring>
+
+#include "cpu/vec_math.h"
 
 namespace qs::cpu {
 
 static constexpr int64_t kParallelMin = 1 << 15;  // elements; below this stay single-threaded
 
-// Float bits mapped monotonically onto int32 (negative values get their magnitude bits
-// flipped), and back. Used to clamp without a float comparison: under -ftrapping-math (GCC's
-// default) a float compare may raise FE_INVALID, so `x < lo ? lo : x` is not turned into a
-// branch-free select and the whole loop stays scalar; integer compares vectorise.
-static inline int32_t ordered_bits(float x) {
-  int32_t b;
-  std::memcpy(&b, &x, sizeof b);
-  return b ^ ((b >> 31) & 0x7fffffff);
-}
-static inline float from_ordered_bits(int32_t k) {
-  int32_t b = k ^ ((k >> 31) & 0x7fffffff);
-  float x;
-  std::memcpy(&x, &b, sizeof x);
-  return x;
-}
-
-// e^x in float without a libm call, so that loops using it vectorise (SSE2 is enough).
-// x = k ln2 + r with k = round(x / ln2) and |r| <= ln2/2; e^r by its Taylor polynomial to r^7
-// (truncation < 1e-8 relative, under float's half ulp); 2^k written into the exponent bits.
-// ~2 ulp over the clamp range [-87, 88], which keeps 2^k a normal float; beyond it the result
-// saturates near 1.6e-38 or 1.7e38 instead of going to 0 or inf, which changes 1 / (1 + e^x)
-// by less than 1e-37. A NaN x gives some finite value: callers multiply by x, so NaN survives.
-static inline float exp_f32(float x) {
-  int32_t key = ordered_bits(x);
-  const int32_t key_lo = ordered_bits(-87.0f), key_hi = ordered_bits(88.0f);
-  key = key < key_lo ? key_lo : key;
-  key = key > key_hi ? key_hi : key;
-  x = from_ordered_bits(key);
-  const float round_magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  float k = (x * 1.44269504f + round_magic) - round_magic;  // nearest integer to x / ln2
-  // ln2 split in two so that k * ln2_hi is exact (ln2_hi = 45426 / 2^16, |k| <= 127)
-  float r = (x - k * 0.693145751953125f) - k * 1.42860682e-6f;
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  int32_t bits = ((int32_t)k + 127) << 23;  // 2^k
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
-
-static inline float exp_vec(float x) { return exp_f32(x); }
+// float: vec_math.h's scalar exp_f32, made for loops like these (not the softmax kernels'
+// vector exp: see vec_math.h for why the two differ).
+static inline float exp_vec(float x) { return vec::exp_f32(x); }
 static inline double exp_vec(double x) { return std::exp(x); }
 
 // ---------------------------------------------------------------------------------------------

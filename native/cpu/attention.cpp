@@ -38,10 +38,10 @@
  * block of C in registers, written with GCC vector extensions so it is the same code for
  * SSE2 (128-bit), AVX2+FMA (256-bit) and AVX-512 (512-bit vectors). The binary
  * targets baseline x86-64; the AVX2 / AVX-512 copies are compiled with target attributes and
- * picked by CPUID at run time (the environment variable QS_CPU_SIMD=generic|avx2 caps the
- * choice, read per call, so tests can check every path). float accumulates in float, double
- * in double; exp is a Cephes-style polynomial for float (≈1e-7 relative, exactly 0 below
- * -87) and std::exp for double.
+ * picked by CPUID at run time (isa.h: the environment variable QS_CPU_SIMD=generic|avx2 caps
+ * the choice, read per call, so tests can check every path). float accumulates in float,
+ * double in double; exp is vec_math.h's Cephes-style polynomial for float (≈1e-7 relative,
+ * exactly 0 below -87) and std::exp for double.
  *
  * Memory: one scratch allocation per call before the parallel region, (4·d·64 + 2·64·64 +
  * 4·64) elements per thread (≈ 100 KiB for float, d = 64), plus D, B·H·Tq elements, in the
@@ -53,27 +53,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <vector>
 
+#include "cpu/isa.h"
 #include "cpu/parallel.h"
-
-// Vector-typed values passed between always-inlined helpers trip GCC's ABI note; they never
-// cross a real call boundary.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-
-#if defined(__x86_64__) || defined(__i386__)
-#define QS_ATTN_X86 1
-#define QS_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#define QS_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
-#else
-#define QS_ATTN_X86 0
-#endif
-#define QS_INLINE inline __attribute__((always_inline))
+#include "cpu/vec_math.h"
 
 namespace qs::cpu {
 namespace {
@@ -81,83 +67,23 @@ namespace {
 constexpr int kTile = 64;  // queries per block = keys per tile = width of every scratch row
 
 // ---------------------------------------------------------------------------------------------
-// SIMD traits: V holds VB bytes of T; VI the same number of signed lanes of T's width (compare
-// masks, positions), VU unsigned ones. Positions are widened to IT so masks line up with V.
+// SIMD: the shared traits (vec_math.h: V, VI, VU, IT, loads, exp) plus the causal mask.
+// Positions are widened to IT so that masks line up with V.
 
-typedef float f32x4 __attribute__((vector_size(16)));
-typedef float f32x8 __attribute__((vector_size(32)));
-typedef float f32x16 __attribute__((vector_size(64)));
-typedef int32_t i32x4 __attribute__((vector_size(16)));
-typedef int32_t i32x8 __attribute__((vector_size(32)));
-typedef int32_t i32x16 __attribute__((vector_size(64)));
-typedef uint32_t u32x4 __attribute__((vector_size(16)));
-typedef uint32_t u32x8 __attribute__((vector_size(32)));
-typedef uint32_t u32x16 __attribute__((vector_size(64)));
-typedef double f64x2 __attribute__((vector_size(16)));
-typedef double f64x4 __attribute__((vector_size(32)));
-typedef double f64x8 __attribute__((vector_size(64)));
-typedef int64_t i64x2 __attribute__((vector_size(16)));
-typedef int64_t i64x4 __attribute__((vector_size(32)));
-typedef int64_t i64x8 __attribute__((vector_size(64)));
-typedef uint64_t u64x2 __attribute__((vector_size(16)));
-typedef uint64_t u64x4 __attribute__((vector_size(32)));
-typedef uint64_t u64x8 __attribute__((vector_size(64)));
-
-template <typename T_, typename V_, typename VI_, typename VU_, typename IT_>
-struct SimdBase {
-  typedef T_ T;
-  typedef V_ V;
-  typedef VI_ VI;
-  typedef VU_ VU;
-  typedef IT_ IT;
-  static constexpr int L = sizeof(V) / sizeof(T);
-  static QS_INLINE V load(const T* p) { V v; std::memcpy(&v, p, sizeof(V)); return v; }
-  static QS_INLINE void store(T* p, const V& v) { std::memcpy(p, &v, sizeof(V)); }
-  static QS_INLINE VI loadi(const IT* p) { VI v; std::memcpy(&v, p, sizeof(VI)); return v; }
-  static QS_INLINE V splat(T x) { return V{} + x; }
-  static QS_INLINE VI splati(IT x) { return VI{} + x; }
+template <typename T, int VB>
+struct Simd : vec::Simd<T, VB> {
+  typedef typename vec::Simd<T, VB>::VI VI;
+  typedef typename vec::Simd<T, VB>::VU VU;
+  typedef typename vec::Simd<T, VB>::IT IT;
   // Lanes of -1 where a key at position kp is visible from a query at position qp:
   // kp <= qp and, with a window, qp - kp < window. The difference is taken in unsigned
   // arithmetic, exact whenever kp <= qp, so extreme positions cannot overflow.
   static QS_INLINE VI visible(const VI& qp, const VI& kp, int window) {
     VI vis = kp <= qp;
-    if (window > 0) vis &= ((VU)qp - (VU)kp) < (VU)splati((IT)window);
+    if (window > 0) vis &= ((VU)qp - (VU)kp) < (VU)vec::Simd<T, VB>::splati((IT)window);
     return vis;
   }
 };
-
-template <typename T, int VB> struct Simd;
-
-// float exp: Cephes expf. n = round(x / ln 2) by the 1.5·2^23 trick, r = x - n ln 2 in two
-// parts, a degree-6 polynomial for e^r, 2^n built in the exponent bits. Exactly 0 for
-// x < -87 (masked scores are -inf), clamped at 88 (never reached: arguments are <= 0 here).
-template <typename V, typename VI, typename VU>
-struct SimdF32 : SimdBase<float, V, VI, VU, int32_t> {
-  static QS_INLINE void exp_inplace(V& x) {
-    V xc = x < -87.0f ? V{} - 87.0f : x;
-    xc = xc > 88.0f ? V{} + 88.0f : xc;
-    V n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    V r = xc - n * 0.693359375f + n * 2.12194440e-4f;
-    V z = r * r;
-    V y = ((((((V{} + 1.9875691500e-4f) * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r +
-             4.1665795894e-2f) * r + 1.6666665459e-1f) * r + 5.0000001201e-1f) * z + r + 1.0f;
-    VI bits = (__builtin_convertvector(n, VI) + 127) << 23;
-    y = y * (V)bits;
-    x = x < -87.0f ? V{} : y;
-  }
-};
-template <typename V, typename VI, typename VU>
-struct SimdF64 : SimdBase<double, V, VI, VU, int64_t> {
-  static QS_INLINE void exp_inplace(V& x) {
-    for (int i = 0; i < (int)(sizeof(V) / sizeof(double)); i++) x[i] = std::exp(x[i]);
-  }
-};
-template <> struct Simd<float, 16> : SimdF32<f32x4, i32x4, u32x4> {};
-template <> struct Simd<float, 32> : SimdF32<f32x8, i32x8, u32x8> {};
-template <> struct Simd<float, 64> : SimdF32<f32x16, i32x16, u32x16> {};
-template <> struct Simd<double, 16> : SimdF64<f64x2, i64x2, u64x2> {};
-template <> struct Simd<double, 32> : SimdF64<f64x4, i64x4, u64x4> {};
-template <> struct Simd<double, 64> : SimdF64<f64x8, i64x8, u64x8> {};
 
 // Register block of mm: RB rows x CG vectors of C stay in registers while B streams through.
 // SSE2 (16 xmm, no FMA): 2 x 4. AVX2 (16 ymm): 6 x 2, the classic 6x16 gemm shape, 12
@@ -605,7 +531,7 @@ struct TaskSet {
 template <typename T> void fwd_generic(const Args<T>& a, int t, T* w) { fwd_task<T, 16>(a, t, w); }
 template <typename T> void bwd_q_generic(const Args<T>& a, int t, T* w) { bwd_q_task<T, 16>(a, t, w); }
 template <typename T> void bwd_kv_generic(const Args<T>& a, int t, T* w) { bwd_kv_task<T, 16>(a, t, w); }
-#if QS_ATTN_X86
+#if QS_X86
 template <typename T> QS_TARGET_AVX2 void fwd_avx2(const Args<T>& a, int t, T* w) { fwd_task<T, 32>(a, t, w); }
 template <typename T> QS_TARGET_AVX2 void bwd_q_avx2(const Args<T>& a, int t, T* w) { bwd_q_task<T, 32>(a, t, w); }
 template <typename T> QS_TARGET_AVX2 void bwd_kv_avx2(const Args<T>& a, int t, T* w) { bwd_kv_task<T, 32>(a, t, w); }
@@ -614,36 +540,12 @@ template <typename T> QS_TARGET_AVX512 void bwd_q_avx512(const Args<T>& a, int t
 template <typename T> QS_TARGET_AVX512 void bwd_kv_avx512(const Args<T>& a, int t, T* w) { bwd_kv_task<T, 64>(a, t, w); }
 #endif
 
-enum Isa { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
-
-int detect_isa() {
-#if QS_ATTN_X86
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
-    return kAvx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kAvx2;
-#endif
-  return kGeneric;
-}
-
-// The best the machine runs, lowered by QS_CPU_SIMD=generic|avx2 (read per call: tests use it).
-int active_isa() {
-  static const int best = detect_isa();
-  const char* env = std::getenv("QS_CPU_SIMD");
-  if (env) {
-    if (!std::strcmp(env, "generic")) return kGeneric;
-    if (!std::strcmp(env, "avx2")) return std::min(best, (int)kAvx2);
-  }
-  return best;
-}
-
 template <typename T>
 TaskSet<T> pick_tasks() {
-#if QS_ATTN_X86
-  switch (active_isa()) {
-    case kAvx512: return {fwd_avx512<T>, bwd_q_avx512<T>, bwd_kv_avx512<T>};
-    case kAvx2: return {fwd_avx2<T>, bwd_q_avx2<T>, bwd_kv_avx2<T>};
+#if QS_X86
+  switch (active_isa()) {  // QS_CPU_SIMD caps it (isa.h)
+    case kIsaAvx512: return {fwd_avx512<T>, bwd_q_avx512<T>, bwd_kv_avx512<T>};
+    case kIsaAvx2: return {fwd_avx2<T>, bwd_q_avx2<T>, bwd_kv_avx2<T>};
     default: break;
   }
 #endif

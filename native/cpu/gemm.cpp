@@ -23,7 +23,8 @@
  * (A not transposed, B transposed: each micro-panel gathers a column of the source) use 16x16
  * (AVX-512) or 8x8 (AVX2) register transposes; the others are row copies.
  *
- * Micro-kernels (float), chosen at run time by CPUID since the binary targets baseline x86-64:
+ * Micro-kernels (float), chosen at run time by CPUID (isa.h) since the binary targets baseline
+ * x86-64:
  *   avx512   MR=14, NR=32: 28 zmm accumulators, 2 zmm loads of B and 14 broadcast loads of A
  *            per k step, i.e. 28 FMAs per 16 loads. Zen 4/5 and Intel with AVX-512. Measured
  *            in isolation on Zen 5 it runs at ~225 GFLOP/s, the core's FMA peak.
@@ -56,10 +57,10 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "cpu/isa.h"
 #include "cpu/parallel.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#define QS_GEMM_X86 1
+#if QS_X86
 // GCC 12's AVX-512 headers seed some intrinsics with a self-initialised `__Y = __Y`, which
 // -Wall reports as (maybe-)uninitialized wherever they inline. Not our code: silence it there.
 #pragma GCC diagnostic push
@@ -67,10 +68,6 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 #pragma GCC diagnostic pop
-#define QS_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma")))
-#define QS_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#else
-#define QS_GEMM_X86 0
 #endif
 
 namespace qs::cpu {
@@ -225,7 +222,7 @@ void micro_generic(int kc, const T* __restrict a, const T* __restrict b, T* __re
   }
 }
 
-#if QS_GEMM_X86
+#if QS_X86
 
 // AVX-512: MR rows x 32 columns (two zmm per row). Per k step: two aligned loads of B, then for
 // each row one broadcast of A folded into the FMA as a {1to16} memory operand. The k loop is
@@ -525,7 +522,7 @@ QS_TARGET_AVX2 void pack_b_avx2(bool trans, int nc, int kc, const float* B, int6
   }
 }
 
-#endif  // QS_GEMM_X86
+#endif  // QS_X86
 
 // ---------------------------------------------------------------------------------------------
 // Kernel families and run-time selection
@@ -545,39 +542,13 @@ Kernel<double> generic_kernel<double>() {
           pack_b_generic<double, 4>};
 }
 
-enum KernelId { KERNEL_GENERIC = 0, KERNEL_AVX2 = 1, KERNEL_AVX512 = 2 };
-const char* const kKernelNames[] = {"generic", "avx2", "avx512"};
+// The families are the ISA levels of isa.h, under the same names. gemm follows the CPUID
+// level (best_isa), not QS_CPU_SIMD: its own override is gemm_force_kernel (gemm.h).
+std::atomic<int> g_forced_kernel{-1};  // an Isa; -1: CPUID choice
 
-bool cpu_supports(int id) {
-#if QS_GEMM_X86
-  __builtin_cpu_init();
-  switch (id) {
-    case KERNEL_AVX512:
-      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-             __builtin_cpu_supports("fma");
-    case KERNEL_AVX2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    default:
-      return true;
-  }
-#else
-  return id == KERNEL_GENERIC;
-#endif
-}
-
-int detect_kernel() {
-  static const int best = cpu_supports(KERNEL_AVX512) ? KERNEL_AVX512
-                          : cpu_supports(KERNEL_AVX2) ? KERNEL_AVX2
-                                                      : KERNEL_GENERIC;
-  return best;
-}
-
-std::atomic<int> g_forced_kernel{-1};  // -1: CPUID choice
-
-int active_kernel() {
+Isa active_kernel() {
   int forced = g_forced_kernel.load(std::memory_order_relaxed);
-  return forced >= 0 ? forced : detect_kernel();
+  return forced >= 0 ? (Isa)forced : best_isa();
 }
 
 template <typename T>
@@ -586,12 +557,12 @@ Kernel<T> select_kernel() {
 }
 template <>
 Kernel<float> select_kernel<float>() {
-#if QS_GEMM_X86
+#if QS_X86
   switch (active_kernel()) {
-    case KERNEL_AVX512:
+    case kIsaAvx512:
       return {AVX512_MR, 32, BLOCK_AVX512, micro_avx512<AVX512_MR>, pack_a_avx512<AVX512_MR>,
               pack_b_avx512};
-    case KERNEL_AVX2:
+    case kIsaAvx2:
       return {6, 16, BLOCK_SMALL_L2, micro_avx2, pack_a_avx2, pack_b_avx2};
     default:
       break;
@@ -800,7 +771,7 @@ void gemm_batched(bool trans_a, bool trans_b, int batch, int M, int N, int K, T 
   }
 }
 
-const char* gemm_kernel_name() { return kKernelNames[active_kernel()]; }
+const char* gemm_kernel_name() { return isa_name(active_kernel()); }
 
 bool gemm_force_kernel(const char* name) {
   if (!name) return false;
@@ -808,14 +779,10 @@ bool gemm_force_kernel(const char* name) {
     g_forced_kernel.store(-1);
     return true;
   }
-  for (int id = 0; id < 3; id++) {
-    if (std::strcmp(name, kKernelNames[id]) == 0) {
-      if (!cpu_supports(id)) return false;
-      g_forced_kernel.store(id);
-      return true;
-    }
-  }
-  return false;
+  Isa isa;
+  if (!isa_from_name(name, &isa) || !isa_supported(isa)) return false;
+  g_forced_kernel.store(isa);
+  return true;
 }
 
 template void gemm<float>(bool, bool, int, int, int, float, const float*, int, const float*, int,

@@ -27,39 +27,25 @@
  * parallel over rows, each row's reductions in a fixed order. So results are bit-identical
  * for any thread count. Every gemm parallelises over the shared OpenMP pool by itself.
  *
- * exp: float uses a Cephes-style polynomial on SIMD vectors (≈1e-7 relative, 0 below -87),
- * double uses std::exp. As in attention.cpp the vector code is written with GCC vector
- * extensions and compiled for SSE2 (baseline), AVX2+FMA and AVX-512, chosen by CPUID at run
- * time (QS_CPU_SIMD=generic|avx2 caps the choice, for tests). lse is float by contract,
- * so the double backward's probabilities carry a relative error of ~1e-7·|lse|.
+ * exp: float uses vec_math.h's Cephes-style polynomial on SIMD vectors (≈1e-7 relative, 0
+ * below -87), double uses std::exp. As in attention.cpp the vector code is written with GCC
+ * vector extensions and compiled for SSE2 (baseline), AVX2+FMA and AVX-512, chosen by CPUID
+ * at run time (isa.h; QS_CPU_SIMD=generic|avx2 caps the choice, for tests). lse is float by
+ * contract, so the double backward's probabilities carry a relative error of ~1e-7·|lse|.
  */
 #include "cpu/lmhead_xent.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <vector>
 
 #include "cpu/gemm.h"
+#include "cpu/isa.h"
 #include "cpu/parallel.h"
-
-// Vector-typed values passed between always-inlined helpers trip GCC's ABI note; they never
-// cross a real call boundary.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-
-#if defined(__x86_64__) || defined(__i386__)
-#define QS_XENT_X86 1
-#define QS_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#define QS_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
-#else
-#define QS_XENT_X86 0
-#endif
-#define QS_INLINE inline __attribute__((always_inline))
+#include "cpu/vec_math.h"
 
 namespace qs::cpu {
 namespace {
@@ -67,70 +53,8 @@ namespace {
 constexpr int kRowBlock = 256;       // rows per block: big enough for efficient gemms
 constexpr int kDefaultChunk = 4096;  // vocabulary columns per chunk when chunk <= 0
 
-// ---------------------------------------------------------------------------------------------
-// SIMD: VB-byte vectors of T, loads/stores and exp (see attention.cpp for the same scheme).
-
-typedef float f32x4 __attribute__((vector_size(16)));
-typedef float f32x8 __attribute__((vector_size(32)));
-typedef float f32x16 __attribute__((vector_size(64)));
-typedef int32_t i32x4 __attribute__((vector_size(16)));
-typedef int32_t i32x8 __attribute__((vector_size(32)));
-typedef int32_t i32x16 __attribute__((vector_size(64)));
-typedef double f64x2 __attribute__((vector_size(16)));
-typedef double f64x4 __attribute__((vector_size(32)));
-typedef double f64x8 __attribute__((vector_size(64)));
-
-template <typename T_, typename V_>
-struct SimdBase {
-  typedef T_ T;
-  typedef V_ V;
-  static constexpr int L = sizeof(V) / sizeof(T);
-  static QS_INLINE V load(const T* p) { V v; std::memcpy(&v, p, sizeof(V)); return v; }
-  static QS_INLINE void store(T* p, const V& v) { std::memcpy(p, &v, sizeof(V)); }
-  static QS_INLINE V splat(T x) { return V{} + x; }
-  // The first n < L elements of p, the rest filled with `fill`.
-  static QS_INLINE V load_part(const T* p, int n, T fill) {
-    T tmp[L];
-    for (int i = 0; i < L; i++) tmp[i] = i < n ? p[i] : fill;
-    return load(tmp);
-  }
-  static QS_INLINE void store_part(T* p, int n, const V& v) {
-    T tmp[L];
-    store(tmp, v);
-    for (int i = 0; i < n; i++) p[i] = tmp[i];
-  }
-};
-
-template <typename T, int VB> struct Simd;
-
-template <typename V, typename VI>
-struct SimdF32 : SimdBase<float, V> {
-  // Cephes expf: 2^n · p(r), n = round(x / ln 2), r = x - n ln 2; exactly 0 below -87.
-  static QS_INLINE void exp_inplace(V& x) {
-    V xc = x < -87.0f ? V{} - 87.0f : x;
-    xc = xc > 88.0f ? V{} + 88.0f : xc;
-    V n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    V r = xc - n * 0.693359375f + n * 2.12194440e-4f;
-    V z = r * r;
-    V y = ((((((V{} + 1.9875691500e-4f) * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r +
-             4.1665795894e-2f) * r + 1.6666665459e-1f) * r + 5.0000001201e-1f) * z + r + 1.0f;
-    VI bits = (__builtin_convertvector(n, VI) + 127) << 23;
-    y = y * (V)bits;
-    x = x < -87.0f ? V{} : y;
-  }
-};
-template <typename V>
-struct SimdF64 : SimdBase<double, V> {
-  static QS_INLINE void exp_inplace(V& x) {
-    for (int i = 0; i < (int)(sizeof(V) / sizeof(double)); i++) x[i] = std::exp(x[i]);
-  }
-};
-template <> struct Simd<float, 16> : SimdF32<f32x4, i32x4> {};
-template <> struct Simd<float, 32> : SimdF32<f32x8, i32x8> {};
-template <> struct Simd<float, 64> : SimdF32<f32x16, i32x16> {};
-template <> struct Simd<double, 16> : SimdF64<f64x2> {};
-template <> struct Simd<double, 32> : SimdF64<f64x4> {};
-template <> struct Simd<double, 64> : SimdF64<f64x8> {};
+// VB-byte vectors of T, loads/stores and exp: vec_math.h, as in attention.cpp.
+using vec::Simd;
 
 // ---------------------------------------------------------------------------------------------
 // Per-row work on one chunk of logits
@@ -205,42 +129,19 @@ struct RowFns {
 
 template <typename T> void stats_generic(const T* x, int n, T* m, T* l) { row_stats<T, 16>(x, n, m, l); }
 template <typename T> void grad_generic(T* x, int n, T lse, T g) { row_grad<T, 16>(x, n, lse, g); }
-#if QS_XENT_X86
+#if QS_X86
 template <typename T> QS_TARGET_AVX2 void stats_avx2(const T* x, int n, T* m, T* l) { row_stats<T, 32>(x, n, m, l); }
 template <typename T> QS_TARGET_AVX2 void grad_avx2(T* x, int n, T lse, T g) { row_grad<T, 32>(x, n, lse, g); }
 template <typename T> QS_TARGET_AVX512 void stats_avx512(const T* x, int n, T* m, T* l) { row_stats<T, 64>(x, n, m, l); }
 template <typename T> QS_TARGET_AVX512 void grad_avx512(T* x, int n, T lse, T g) { row_grad<T, 64>(x, n, lse, g); }
 #endif
 
-enum Isa { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
-
-int detect_isa() {
-#if QS_XENT_X86
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
-    return kAvx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kAvx2;
-#endif
-  return kGeneric;
-}
-
-int active_isa() {
-  static const int best = detect_isa();
-  const char* env = std::getenv("QS_CPU_SIMD");
-  if (env) {
-    if (!std::strcmp(env, "generic")) return kGeneric;
-    if (!std::strcmp(env, "avx2")) return std::min(best, (int)kAvx2);
-  }
-  return best;
-}
-
 template <typename T>
 RowFns<T> pick_row_fns() {
-#if QS_XENT_X86
-  switch (active_isa()) {
-    case kAvx512: return {stats_avx512<T>, grad_avx512<T>};
-    case kAvx2: return {stats_avx2<T>, grad_avx2<T>};
+#if QS_X86
+  switch (active_isa()) {  // QS_CPU_SIMD caps it (isa.h)
+    case kIsaAvx512: return {stats_avx512<T>, grad_avx512<T>};
+    case kIsaAvx2: return {stats_avx2<T>, grad_avx2<T>};
     default: break;
   }
 #endif

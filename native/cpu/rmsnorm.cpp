@@ -10,36 +10,21 @@ Gradient, with r = rstd and g = sum_j dout_j * weight_j * x_j:
   dinp_i    += (dout_i * weight_i - x_i * r^2 * g / C) * r
   dweight_i += dout_i * x_i * r          (summed over rows)
 
-Precision and determinism follow layernorm.cpp: row sums in double with a fixed number of
-independent accumulators (vectorisable, order fixed by C), and dweight summed per fixed row
-block into double partials that are combined in block order, so the result is the same for
-any thread count. dinp and dweight may be null to skip them.
+Precision and determinism follow layernorm.cpp, with the same helpers (reduce.h): row sums in
+double with a fixed number of independent accumulators (vectorisable, order fixed by C), and
+dweight summed per fixed row block into double partials that are combined in block order, so
+the result is the same for any thread count. dinp and dweight may be null to skip them.
 */
 #include "cpu/rmsnorm.h"
 
 #include <cmath>
 #include <cstdint>
-#include <new>
+
+#include "cpu/reduce.h"
 
 namespace qs::cpu {
 
-static constexpr int kLanes = 8;                  // independent accumulators per row reduction
 static constexpr int64_t kParallelMin = 1 << 14;  // elements; below this stay single-threaded
-static constexpr int kMinRowsPerBlock = 16;       // dweight row blocks ...
-static constexpr int kMaxRowBlocks = 64;          // ... at most this many (bounds the scratch)
-
-// sum over c in [0, C) of f(c), in double, in an order fixed by C alone.
-template <typename F>
-static inline double lane_sum(int C, F f) {
-  double acc[kLanes] = {};
-  int c = 0;
-  for (; c + kLanes <= C; c += kLanes)
-    for (int k = 0; k < kLanes; k++) acc[k] += f(c + k);
-  double s = 0;
-  for (; c < C; c++) s += f(c);
-  for (int k = 0; k < kLanes; k++) s += acc[k];
-  return s;
-}
 
 template <typename T>
 void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* weight, int N, int C, T eps) {
@@ -61,57 +46,28 @@ void rmsnorm_backward(T* dinp, T* dweight, const T* dout, const T* inp, const T*
                       const T* rstd, int N, int C) {
   // dinp (N,C) +=, dweight (C) +=, dout (N,C), inp (N,C), rstd (N)
   bool par = (int64_t)N * C > kParallelMin;
-  bool params = dweight != nullptr;
-  int nb = (N + kMinRowsPerBlock - 1) / kMinRowsPerBlock;
-  if (nb > kMaxRowBlocks) nb = kMaxRowBlocks;
-  int rows_per_block = nb > 0 ? (N + nb - 1) / nb : 0;
-  double* partial = nullptr;  // (nb, C) per-block dweight partial sums
-  if (params && nb > 0) partial = new (std::nothrow) double[(size_t)nb * C];
-
-  if (params && !partial) {
-    // Out of memory for the scratch: dweight serially in row order (deterministic, rounded
-    // differently), dinp as usual below.
-    for (int n = 0; n < N; n++) {
-      const T* dy = dout + (int64_t)n * C;
-      const T* x = inp + (int64_t)n * C;
-      T st = rstd[n];
-      for (int c = 0; c < C; c++) dweight[c] += dy[c] * (x[c] * st);
-    }
-    params = false;
-  }
-
-#pragma omp parallel for schedule(static) if (par)
-  for (int blk = 0; blk < nb; blk++) {
-    int n0 = blk * rows_per_block;
-    int n1 = n0 + rows_per_block < N ? n0 + rows_per_block : N;
-    double* pw = params ? partial + (size_t)blk * C : nullptr;
-    if (params)
-      for (int c = 0; c < C; c++) pw[c] = 0;
-    for (int n = n0; n < n1; n++) {
-      const T* dy = dout + (int64_t)n * C;
-      const T* x = inp + (int64_t)n * C;
-      T st = rstd[n];
-      if (dinp) {
-        T* dx = dinp + (int64_t)n * C;
-        double g = lane_sum(C, [&](int c) { return (double)dy[c] * (double)weight[c] * (double)x[c]; });
-        T k = (T)((double)st * (double)st * g / C);
-        for (int c = 0; c < C; c++) dx[c] += (dy[c] * weight[c] - x[c] * k) * st;
-      }
-      if (params)
-        for (int c = 0; c < C; c++) pw[c] += (double)dy[c] * (double)(x[c] * st);
-    }
-  }
-
-  if (params) {
-    // combine the block partials in block order, column by column
-#pragma omp parallel for if (par && C >= 256)
-    for (int c = 0; c < C; c++) {
-      double s = 0;
-      for (int blk = 0; blk < nb; blk++) s += partial[(size_t)blk * C + c];
-      dweight[c] += (T)s;
-    }
-  }
-  delete[] partial;
+  T* const grads[1] = {dweight};
+  rows_with_param_grads(
+      N, C, par, grads,
+      [&](int n, double* pw) {  // pw: (C) block partial of dweight, or null
+        const T* dy = dout + (int64_t)n * C;
+        const T* x = inp + (int64_t)n * C;
+        T st = rstd[n];
+        if (dinp) {
+          T* dx = dinp + (int64_t)n * C;
+          double g = lane_sum(C, [&](int c) { return (double)dy[c] * (double)weight[c] * (double)x[c]; });
+          T k = (T)((double)st * (double)st * g / C);
+          for (int c = 0; c < C; c++) dx[c] += (dy[c] * weight[c] - x[c] * k) * st;
+        }
+        if (pw)
+          for (int c = 0; c < C; c++) pw[c] += (double)dy[c] * (double)(x[c] * st);
+      },
+      [&](int n) {  // no memory for the partials: straight into dweight
+        const T* dy = dout + (int64_t)n * C;
+        const T* x = inp + (int64_t)n * C;
+        T st = rstd[n];
+        for (int c = 0; c < C; c++) dweight[c] += dy[c] * (x[c] * st);
+      });
 }
 
 template void rmsnorm_forward<float>(float*, float*, const float*, const float*, int, int, float);

@@ -28,32 +28,15 @@
 #include <vector>
 
 #include "cpu/attention.h"
-#include "cpu/parallel.h"
 #include "gradcheck.h"
 #include "harness.h"
+#include "test_util.h"
 
 using namespace qs_test;
 namespace cpu = qs::cpu;
 
-using VecD = std::vector<double>;
-using VecF = std::vector<float>;
-
 // ---------------------------------------------------------------------------------------------
-// helpers
-
-static VecF to_f32(const VecD& v) { return VecF(v.begin(), v.end()); }
-static VecD to_f64(const VecF& v) { return VecD(v.begin(), v.end()); }
-
-template <typename T>
-static bool bit_equal(const std::vector<T>& a, const std::vector<T>& b) {
-  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
-}
-
-static double max_abs_of(const VecD& v) {
-  double m = 0;
-  for (double x : v) m = std::max(m, std::fabs(x));
-  return m;
-}
+// helpers (the shared ones are in test_util.h)
 
 // -inf (a query that sees nothing) compares equal to -inf: map both to a finite sentinel.
 template <typename T>
@@ -62,21 +45,6 @@ static VecD lse_comparable(const std::vector<T>& v) {
   for (size_t i = 0; i < v.size(); i++) r[i] = std::isinf((double)v[i]) && v[i] < 0 ? -1e30 : (double)v[i];
   return r;
 }
-
-struct ScopedThreads {
-  int saved;
-  explicit ScopedThreads(int n) : saved(cpu::get_num_threads()) { cpu::set_num_threads(n); }
-  ~ScopedThreads() { cpu::set_num_threads(saved); }
-};
-
-// Sets QS_CPU_SIMD for one scope ("" = unset: the best the machine has).
-struct ScopedSimd {
-  explicit ScopedSimd(const char* isa) {
-    if (isa && *isa) setenv("QS_CPU_SIMD", isa, 1);
-    else unsetenv("QS_CPU_SIMD");
-  }
-  ~ScopedSimd() { unsetenv("QS_CPU_SIMD"); }
-};
 
 // ---------------------------------------------------------------------------------------------
 // Problems: shape, positions, validity and random q, k, v (float-representable, so the float
@@ -103,9 +71,9 @@ static const char* variant_name(int v) {
 }
 
 static void fill_qkv(Problem& p, Rng& rng) {
-  p.q = to_f64(to_f32(random_vector<double>(rng, p.nq())));
-  p.k = to_f64(to_f32(random_vector<double>(rng, p.nk())));
-  p.v = to_f64(to_f32(random_vector<double>(rng, p.nk())));
+  p.q = f32_exact(random_vector<double>(rng, p.nq()));
+  p.k = f32_exact(random_vector<double>(rng, p.nk()));
+  p.v = f32_exact(random_vector<double>(rng, p.nk()));
   p.scale = 1.0 / std::sqrt((double)p.s.d);
 }
 
@@ -267,24 +235,6 @@ static Result<T> run_both(const Problem& p, const VecD& w) {
   return r;
 }
 
-// Quiet comparison for one problem: reports which problem failed, returns the errors.
-template <typename A>
-static bool quiet_close(const std::string& what, const A* got, const double* want, size_t n, double rtol,
-                        double atol, double& max_abs) {
-  size_t bad = 0, first = 0;
-  for (size_t i = 0; i < n; i++) {
-    double err = std::fabs((double)got[i] - want[i]);
-    if (!(err <= atol + rtol * std::fabs(want[i]))) {
-      if (!bad) first = i;
-      bad++;
-    }
-    if (err > max_abs || std::isnan(err)) max_abs = std::isnan(err) ? INFINITY : std::max(max_abs, err);
-  }
-  QS_EXPECT(bad == 0, "%s: %zu of %zu out of tolerance; first at %zu: got %.9g want %.9g", what.c_str(), bad,
-            n, first, bad ? (double)got[first] : 0.0, bad ? want[first] : 0.0);
-  return bad == 0;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Forward against the dense reference
 
@@ -320,11 +270,10 @@ static void forward_vs_reference(const char* tname, double out_rtol, double out_
     VecD ref_out, ref_lse;
     reference_forward(p, p.q, p.k, p.v, ref_out, ref_lse);
     Result<T> r = run_forward<T>(p);
-    double ma = 0;
     quiet_close(std::string(tname) + " out " + p.desc, r.out.data(), ref_out.data(), ref_out.size(), out_rtol,
-                out_atol, ma);
+                out_atol);
     VecD gl = lse_comparable(r.lse), wl = lse_comparable(ref_lse);
-    quiet_close(std::string(tname) + " lse " + p.desc, gl.data(), wl.data(), wl.size(), lse_tol, lse_tol, ma);
+    quiet_close(std::string(tname) + " lse " + p.desc, gl.data(), wl.data(), wl.size(), lse_tol, lse_tol);
     for (size_t i = 0; i < ref_lse.size(); i++) dead += std::isinf(ref_lse[i]);
     all_got_out.insert(all_got_out.end(), r.out.begin(), r.out.end());
     all_want_out.insert(all_want_out.end(), ref_out.begin(), ref_out.end());
@@ -443,16 +392,16 @@ static void compare_f32_f64_backward(const char* prefix, double rtol) {
   VecD gf[3], gd[3];
   const char* names[3] = {"dq", "dk", "dv"};
   for (const Problem& p : ps) {
-    VecD w = to_f64(to_f32(random_vector<double>(rng, p.nq())));
+    VecD w = f32_exact(random_vector<double>(rng, p.nq()));
     Result<float> f = run_both<float>(p, w);
     Result<double> d = run_both<double>(p, w);
     const std::vector<float>* fs[3] = {&f.dq, &f.dk, &f.dv};
     const VecD* ds[3] = {&d.dq, &d.dk, &d.dv};
     for (int t = 0; t < 3; t++) {
       // relative to the tensor's size: elements near zero have no meaningful relative error
-      double atol = rtol * std::max(max_abs_of(*ds[t]), 1e-30), ma = 0;
+      double atol = rtol * std::max(max_abs_of(*ds[t]), 1e-30);
       quiet_close(std::string(prefix) + " " + names[t] + " " + p.desc, fs[t]->data(), ds[t]->data(),
-                  ds[t]->size(), rtol, atol, ma);
+                  ds[t]->size(), rtol, atol);
       gf[t].insert(gf[t].end(), fs[t]->begin(), fs[t]->end());
       gd[t].insert(gd[t].end(), ds[t]->begin(), ds[t]->end());
     }
@@ -487,7 +436,7 @@ QS_TEST(simd_paths) {
   Rng rng(32);
   Problem p = make_self(2, 100, 4, 2, 24, kLeftPad, rng);
   p.s.window = 50;
-  VecD w = to_f64(to_f32(random_vector<double>(rng, p.nq())));
+  VecD w = f32_exact(random_vector<double>(rng, p.nq()));
   Result<double> d = run_both<double>(p, w);
   for (const char* isa : paths) {
     ScopedSimd scoped(isa);
@@ -511,24 +460,11 @@ QS_TEST(deterministic_1_2_3_threads) {
   ps.push_back(make_self(1, 200, 6, 3, 8, kRandom, rng));
   for (const Problem& p : ps) {
     VecD w = random_vector<double>(rng, p.nq());
-    Result<float> a, b, c;
-    {
-      ScopedThreads t(1);
-      a = run_both<float>(p, w);
-    }
-    {
-      ScopedThreads t(2);
-      b = run_both<float>(p, w);
-    }
-    {
-      ScopedThreads t(3);  // oversubscribed on purpose: an uneven split of the tasks
-      c = run_both<float>(p, w);
-    }
     auto same = [](const Result<float>& x, const Result<float>& y) {
       return bit_equal(x.out, y.out) && bit_equal(x.lse, y.lse) && bit_equal(x.dq, y.dq) && bit_equal(x.dk, y.dk) &&
              bit_equal(x.dv, y.dv);
     };
-    bool eq = same(a, b) && same(a, c);
+    bool eq = same_for_1_2_3_threads([&] { return run_both<float>(p, w); }, same);
     printf("    %-60s 1 vs 2 vs 3 threads: %s\n", p.desc.c_str(), eq ? "bit-identical" : "DIFFERENT");
     QS_EXPECT(eq, "%s: results differ between 1, 2 and 3 threads", p.desc.c_str());
   }

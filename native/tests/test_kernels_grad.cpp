@@ -25,37 +25,17 @@
 #include "cpu/embedding.h"
 #include "cpu/layernorm.h"
 #include "cpu/linear.h"
-#include "cpu/parallel.h"
 #include "cpu/rmsnorm.h"
 #include "cpu/rope.h"
 #include "gradcheck.h"
 #include "harness.h"
+#include "test_util.h"
 
 using namespace qs_test;
 namespace cpu = qs::cpu;
 
-using VecD = std::vector<double>;
-using VecF = std::vector<float>;
-using VecI = std::vector<int32_t>;
-
 // ---------------------------------------------------------------------------------------------
-// helpers
-
-static VecF to_f32(const VecD& v) { return VecF(v.begin(), v.end()); }
-static VecD to_f64(const VecF& v) { return VecD(v.begin(), v.end()); }
-// Round through float, so that the float and double kernels see exactly the same inputs.
-static VecD f32_exact(const VecD& v) { return to_f64(to_f32(v)); }
-
-template <typename T>
-static bool bit_equal(const std::vector<T>& a, const std::vector<T>& b) {
-  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
-}
-
-static double max_abs_of(const VecD& v) {
-  double m = 0;
-  for (double x : v) m = std::max(m, std::fabs(x));
-  return m;
-}
+// helpers (the shared ones are in test_util.h)
 
 static double* ptr_or_null(VecD& v) { return v.empty() ? nullptr : v.data(); }
 
@@ -92,13 +72,6 @@ static std::function<double()> centered_loss(Fwd forward, VecD& out, const VecD&
     return s;
   };
 }
-
-// Sets the OpenMP thread count for one scope.
-struct ScopedThreads {
-  int saved;
-  explicit ScopedThreads(int n) : saved(cpu::get_num_threads()) { cpu::set_num_threads(n); }
-  ~ScopedThreads() { cpu::set_num_threads(saved); }
-};
 
 // printf into one of a few rotating static buffers: labels for the checks.
 static const char* fmt(const char* f, ...) {

@@ -21,44 +21,12 @@
 #include <vector>
 
 #include "cpu/lmhead_xent.h"
-#include "cpu/parallel.h"
 #include "gradcheck.h"
 #include "harness.h"
+#include "test_util.h"
 
 using namespace qs_test;
 namespace cpu = qs::cpu;
-
-using VecD = std::vector<double>;
-using VecF = std::vector<float>;
-using VecI = std::vector<int32_t>;
-
-static VecF to_f32(const VecD& v) { return VecF(v.begin(), v.end()); }
-static VecD to_f64(const VecF& v) { return VecD(v.begin(), v.end()); }
-
-template <typename T>
-static bool bit_equal(const std::vector<T>& a, const std::vector<T>& b) {
-  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
-}
-
-static double max_abs_of(const VecD& v) {
-  double m = 0;
-  for (double x : v) m = std::max(m, std::fabs(x));
-  return m;
-}
-
-struct ScopedThreads {
-  int saved;
-  explicit ScopedThreads(int n) : saved(cpu::get_num_threads()) { cpu::set_num_threads(n); }
-  ~ScopedThreads() { cpu::set_num_threads(saved); }
-};
-
-struct ScopedSimd {
-  explicit ScopedSimd(const char* isa) {
-    if (isa && *isa) setenv("QS_CPU_SIMD", isa, 1);
-    else unsetenv("QS_CPU_SIMD");
-  }
-  ~ScopedSimd() { unsetenv("QS_CPU_SIMD"); }
-};
 
 // ---------------------------------------------------------------------------------------------
 // Problems
@@ -75,8 +43,8 @@ struct Problem {
 static Problem make_problem(int N, int C, int V, int chunk, int ignore, Rng& rng, int ignore_index = -100) {
   Problem p{N, C, V, chunk, ignore_index, {}, {}, {}, {}};
   // Logit scale ~ 2 so the softmax is neither flat nor one-hot.
-  p.h = to_f64(to_f32(random_vector<double>(rng, (size_t)N * C, 2.0 / std::sqrt((double)C))));
-  p.W = to_f64(to_f32(random_vector<double>(rng, (size_t)V * C, 1.0)));
+  p.h = f32_exact(random_vector<double>(rng, (size_t)N * C, 2.0 / std::sqrt((double)C)));
+  p.W = f32_exact(random_vector<double>(rng, (size_t)V * C, 1.0));
   p.targets.resize(N);
   for (int n = 0; n < N; n++) {
     p.targets[n] = rng.below(V);
@@ -140,21 +108,6 @@ static Result<T> run_both(const Problem& p, const VecD& dloss, bool want_dh = tr
                                h.data(), W.data(), p.targets.data(), r.lse.data(), p.N, p.C, p.V, p.ignore_index,
                                p.chunk);
   return r;
-}
-
-template <typename A>
-static void quiet_close(const std::string& what, const A* got, const double* want, size_t n, double rtol,
-                        double atol) {
-  size_t bad = 0, first = 0;
-  for (size_t i = 0; i < n; i++) {
-    double err = std::fabs((double)got[i] - want[i]);
-    if (!(err <= atol + rtol * std::fabs(want[i]))) {
-      if (!bad) first = i;
-      bad++;
-    }
-  }
-  QS_EXPECT(bad == 0, "%s: %zu of %zu out of tolerance; first at %zu: got %.9g want %.9g", what.c_str(), bad, n,
-            first, bad ? (double)got[first] : 0.0, bad ? want[first] : 0.0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -252,7 +205,7 @@ QS_TEST(backward_float_vs_double) {
   VecD gf[2], gd[2];
   const char* names[2] = {"dh", "dW"};
   for (const Problem& p : ps) {
-    VecD dloss = to_f64(to_f32(random_vector<double>(rng, p.N)));
+    VecD dloss = f32_exact(random_vector<double>(rng, p.N));
     Result<float> f = run_both<float>(p, dloss);
     Result<double> d = run_both<double>(p, dloss);
     const VecF* fs[2] = {&f.dh, &f.dW};
@@ -291,7 +244,7 @@ QS_TEST(simd_paths) {
   Problem p = make_problem(300, 24, 203, 40, kScattered, rng);
   VecD ref_loss, ref_lse;
   reference(p, p.h, p.W, ref_loss, ref_lse);
-  VecD dloss = to_f64(to_f32(random_vector<double>(rng, p.N)));
+  VecD dloss = f32_exact(random_vector<double>(rng, p.N));
   Result<double> d = run_both<double>(p, dloss);
   for (const char* isa : paths) {
     ScopedSimd scoped(isa);
@@ -312,23 +265,10 @@ QS_TEST(deterministic_1_2_3_threads) {
   ps.push_back(make_problem(77, 96, 999, 0, kNone, rng));
   for (const Problem& p : ps) {
     VecD dloss = random_vector<double>(rng, p.N);
-    Result<float> a, b, c;
-    {
-      ScopedThreads t(1);
-      a = run_both<float>(p, dloss);
-    }
-    {
-      ScopedThreads t(2);
-      b = run_both<float>(p, dloss);
-    }
-    {
-      ScopedThreads t(3);  // oversubscribed on purpose: an uneven split of the work
-      c = run_both<float>(p, dloss);
-    }
     auto same = [](const Result<float>& x, const Result<float>& y) {
       return bit_equal(x.loss, y.loss) && bit_equal(x.lse, y.lse) && bit_equal(x.dh, y.dh) && bit_equal(x.dW, y.dW);
     };
-    bool eq = same(a, b) && same(a, c);
+    bool eq = same_for_1_2_3_threads([&] { return run_both<float>(p, dloss); }, same);
     printf("    %-50s 1 vs 2 vs 3 threads: %s\n", p.desc.c_str(), eq ? "bit-identical" : "DIFFERENT");
     QS_EXPECT(eq, "%s: results differ between 1, 2 and 3 threads", p.desc.c_str());
   }
