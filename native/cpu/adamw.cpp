@@ -20,11 +20,20 @@ explains why the plain loop does not vectorise), with bit-identical results.
 sum_squares must give the same double for any thread count (it feeds gradient clipping, and
 a clip factor that changes with the thread count would make runs irreproducible). The range is
 cut into at most kMaxChunks chunks whose boundaries depend only on n; each chunk is summed in
-order with kLanes fixed accumulators and the chunk sums are added in chunk order.
+order with kLanes fixed accumulators and the chunk sums are added in chunk order. The float
+version keeps kLanesF32 = 16 lanes (lane = index mod 16 in the chunk, lanes added in order)
+in double vectors compiled for SSE2 / AVX2 (isa.h dispatch; AVX-512 uses the AVX2 body, as
+GCC splits 8-lane float->double conversions anyway). A float's square is exact in double, so
+FMA contraction cannot change a bit: the result is the same on every ISA path as well.
 */
 #include "cpu/adamw.h"
 
 #include <cmath>
+#include <cstring>
+#include <type_traits>
+
+#include "cpu/isa.h"
+#include "cpu/vec_math.h"
 
 #if defined(__SSE2__) || defined(_M_X64)
 #define QS_ADAMW_SSE 1
@@ -122,25 +131,68 @@ void adamw_update(T* params, const T* grads, T* m, T* v, int64_t n, float lr, fl
   }
 }
 
+// float chunk [i0, i1): 16 lanes in kLanesF32 / D::L double vectors (see the top).
+static constexpr int kLanesF32 = 16;
+template <int VB>
+QS_INLINE double sum_squares_chunk_f32(const float* x, int64_t i0, int64_t i1) {
+  typedef vec::Simd<double, VB> D;
+  constexpr int LD = D::L, NA = kLanesF32 / LD;
+  typename D::V acc[NA] = {};
+  int64_t i = i0;
+  for (; i + kLanesF32 <= i1; i += kLanesF32)
+    for (int a = 0; a < NA; a++) {
+      typename D::V v = D::load_f32(x + i + a * LD);
+      acc[a] += v * v;  // exact product: contracted or not, the same sum
+    }
+  double s = 0;
+  for (; i < i1; i++) s += (double)x[i] * (double)x[i];
+  double lanes[kLanesF32];
+  std::memcpy(lanes, acc, sizeof lanes);
+  for (int k = 0; k < kLanesF32; k++) s += lanes[k];
+  return s;
+}
+static double sum_squares_chunk_generic(const float* x, int64_t i0, int64_t i1) {
+  return sum_squares_chunk_f32<16>(x, i0, i1);
+}
+#if QS_X86
+QS_TARGET_AVX2 static double sum_squares_chunk_avx2(const float* x, int64_t i0, int64_t i1) {
+  return sum_squares_chunk_f32<32>(x, i0, i1);
+}
+#endif
+
+// double: kLanes scalar accumulators (the reference path)
+static double sum_squares_chunk(const double* x, int64_t i0, int64_t i1) {
+  double acc[kLanes] = {};
+  int64_t i = i0;
+  for (; i + kLanes <= i1; i += kLanes)
+    for (int k = 0; k < kLanes; k++) acc[k] += x[i + k] * x[i + k];
+  double s = 0;
+  for (; i < i1; i++) s += x[i] * x[i];
+  for (int k = 0; k < kLanes; k++) s += acc[k];
+  return s;
+}
+
 template <typename T>
 double sum_squares(const T* x, int64_t n) {
   if (n <= 0) return 0.0;
   int64_t nchunks = (n + kMinChunk - 1) / kMinChunk;
   if (nchunks > kMaxChunks) nchunks = kMaxChunks;
   int64_t chunk = (n + nchunks - 1) / nchunks;
+  double (*fn)(const T*, int64_t, int64_t);
+  if constexpr (std::is_same_v<T, float>) {
+    fn = sum_squares_chunk_generic;
+#if QS_X86
+    if (active_isa() >= kIsaAvx2) fn = sum_squares_chunk_avx2;  // QS_CPU_SIMD caps it (isa.h)
+#endif
+  } else {
+    fn = sum_squares_chunk;
+  }
   double partial[kMaxChunks];
 #pragma omp parallel for schedule(static) if (n > kParallelMin)
   for (int64_t b = 0; b < nchunks; b++) {
     int64_t i0 = b * chunk;
     int64_t i1 = i0 + chunk < n ? i0 + chunk : n;
-    double acc[kLanes] = {};
-    int64_t i = i0;
-    for (; i + kLanes <= i1; i += kLanes)
-      for (int k = 0; k < kLanes; k++) acc[k] += (double)x[i + k] * (double)x[i + k];
-    double s = 0;
-    for (; i < i1; i++) s += (double)x[i] * (double)x[i];
-    for (int k = 0; k < kLanes; k++) s += acc[k];
-    partial[b] = s;
+    partial[b] = fn(x, i0, i1);
   }
   double total = 0;
   for (int64_t b = 0; b < nchunks; b++) total += partial[b];

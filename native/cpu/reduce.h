@@ -5,11 +5,16 @@
 //                        accumulators so that it vectorises; the order depends on C alone.
 //   rows_with_param_grads  the backward's row loop, with parameter gradients such as dweight
 //                        and dbias ((C) sums over all N rows) reduced in a fixed order.
+//   VecRowSum            the float SIMD paths' row sums: float vectors added 4 at a time,
+//                        widened into double vector accumulators (layernorm.cpp, rmsnorm.cpp).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <new>
+
+#include "cpu/vec_math.h"
 
 namespace qs::cpu {
 
@@ -32,6 +37,39 @@ inline double lane_sum(int C, F f) {
   for (int k = 0; k < kLanes; k++) s += acc[k];
   return s;
 }
+
+// A row sum for the float kernels compiled per vector width VB (isa.h dispatch): the caller
+// forms 4 float vectors of terms at a time and hands them to add4, which adds them as
+// (t0 + t1) + (t2 + t3) in float (each lane's partial holds 4 terms, so it carries at most
+// ~2 float roundings of those 4 terms) and widens that into two double accumulators; add1
+// takes a single vector (rows whose length is not a multiple of 4 vectors), total() adds the
+// accumulators' lanes as a tree onto the scalar tail. Widening once per 4L columns instead
+// of per column is what lets these sums keep up with memory (GCC 12 also splits every 8-lane
+// float->double conversion in two). The order depends on C and VB only, never on threads.
+template <int VB>
+struct VecRowSum {
+  typedef vec::Simd<float, VB> S;
+  typedef vec::Simd<double, VB> D;
+  typedef typename S::V VF;
+  typedef typename D::V VD;
+  VD lo{}, hi{};
+  QS_INLINE void add1(const VF& t) {
+    VD a, b;
+    D::widen2(t, a, b);
+    lo += a;
+    hi += b;
+  }
+  QS_INLINE void add4(const VF& t0, const VF& t1, const VF& t2, const VF& t3) { add1((t0 + t1) + (t2 + t3)); }
+  QS_INLINE double total(double tail) const {
+    constexpr int LD = D::L;
+    double t[LD];
+    VD v = lo + hi;
+    std::memcpy(t, &v, sizeof v);
+    for (int w = LD / 2; w >= 1; w /= 2)
+      for (int i = 0; i < w; i++) t[i] += t[i + w];
+    return tail + t[0];
+  }
+};
 
 // Calls row(n, part) once for every row n in [0, N) and adds P parameter gradients, each a
 // (C) sum over the rows, into grads[0..P) (a null entry is not written; all null: part is
@@ -73,14 +111,22 @@ void rows_with_param_grads(int N, int C, bool par, T* const (&grads)[P], RowFn r
   }
 
   if (params) {
-    // combine the block partials in block order, column by column
+    // combine the block partials in block order, column by column; a chunk of columns at a
+    // time, so that the inner loop runs along contiguous columns (and vectorises)
+    constexpr int kCols = 128;
+    const int nchunks = (C + kCols - 1) / kCols;
 #pragma omp parallel for if (par && C >= 256)
-    for (int c = 0; c < C; c++) {
-      double s[P] = {};
+    for (int ch = 0; ch < nchunks; ch++) {
+      const int c0 = ch * kCols, nc = C - c0 < kCols ? C - c0 : kCols;
+      double s[P][kCols] = {};
       for (int blk = 0; blk < nb; blk++)
-        for (int p = 0; p < P; p++) s[p] += partial[((size_t)blk * P + p) * C + c];
+        for (int p = 0; p < P; p++) {
+          const double* src = partial + ((size_t)blk * P + p) * C + c0;
+          for (int c = 0; c < nc; c++) s[p][c] += src[c];
+        }
       for (int p = 0; p < P; p++)
-        if (grads[p]) grads[p][c] += (T)s[p];
+        if (grads[p])
+          for (int c = 0; c < nc; c++) grads[p][c0 + c] += (T)s[p][c];
     }
   }
   delete[] partial;

@@ -3,22 +3,26 @@
 // Simd<T, VB> describes VB-byte vectors of T (VB = 16: SSE2 / NEON, 32: AVX2, 64: AVX-512)
 // written with GCC vector extensions, so one kernel body serves every width: a kernel is a
 // template on VB, and each instance is compiled under the matching target attribute (isa.h).
-// attention.cpp and lmhead_xent.cpp are written on it.
+// attention.cpp, lmhead_xent.cpp, activations.cpp, layernorm.cpp, rmsnorm.cpp, rope.cpp and
+// adamw.cpp are written on it.
 //
-// Two exp functions live here, and they are different on purpose:
+// Two float exp functions live here, and they are different on purpose:
 //
-//   Simd<float, VB>::exp_inplace   Cephes expf on whole vectors, for the softmax kernels.
-//       Exactly 0 below -87: masked scores are -inf, and their probabilities must be exact
-//       zeros. Written as explicit vector code, so nothing depends on auto-vectorisation.
-//   exp_f32                        scalar e^x for the pointwise activations (activations.cpp).
-//       Written so that the compiler auto-vectorises the plain loops that call it at baseline
-//       SSE2: the clamp compares integers, not floats (see ordered_bits). It saturates instead
-//       of flushing to 0, which 1 / (1 + e^x) does not notice.
+//   Simd<float, VB>::exp_inplace   Cephes expf, for the softmax kernels. Exactly 0 below -87:
+//       masked scores are -inf, and their probabilities must be exact zeros.
+//   Simd<float, VB>::exp_sat       e^x for the pointwise activations (activations.cpp). It
+//       saturates instead of flushing to 0 (1 / (1 + e^x) does not notice either way) and
+//       keeps the degree-7 Taylor polynomial of the scalar exp_f32 it replaced, so the
+//       activations' float results did not move beyond FMA contraction.
 //
-// They also use different polynomials (Cephes' degree-6 minimax fit against a degree-7 Taylor
+// They use different polynomials (Cephes' degree-6 minimax fit against a degree-7 Taylor
 // polynomial), so their results differ in the last bit or two; folding one into the other
 // would change the numbers of the kernels that use it. double always goes through std::exp:
 // the double instances serve gradient checks, where exactness matters and speed does not.
+//
+// Everything is written as explicit vector code, so nothing depends on auto-vectorisation
+// (under GCC's default -ftrapping-math a scalar `x < lo ? lo : x` on floats is not turned
+// into a select, and such a loop silently stays scalar).
 #pragma once
 
 #include <cmath>
@@ -37,6 +41,7 @@
 // freely (attention.cpp extends Simd with its visibility mask).
 namespace qs::cpu::vec {
 
+typedef float f32x2 __attribute__((vector_size(8)));
 typedef float f32x4 __attribute__((vector_size(16)));
 typedef float f32x8 __attribute__((vector_size(32)));
 typedef float f32x16 __attribute__((vector_size(64)));
@@ -107,67 +112,62 @@ struct SimdF32 : SimdBase<float, V, VI, VU, int32_t> {
     y = y * (V)bits;
     x = x < -87.0f ? V{} : y;
   }
+
+  // e^x for the pointwise activations: x = k ln2 + r with k = round(x / ln2), |r| <= ln2/2;
+  // e^r by its Taylor polynomial to r^7 (truncation < 1e-8 relative, under float's half ulp);
+  // 2^k written into the exponent bits. ~2 ulp over the clamp range [-87, 88], which keeps
+  // 2^k a normal float; beyond it the result saturates near 1.6e-38 or 1.7e38 instead of
+  // going to 0 or inf, which changes 1 / (1 + e^x) by less than 1e-37. A NaN x gives NaN.
+  static QS_INLINE V exp_sat(const V& x_in) {  // (by reference: see -Wpsabi above)
+    V x = x_in < -87.0f ? V{} - 87.0f : x_in;
+    x = x > 88.0f ? V{} + 88.0f : x;
+    const float round_magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+    V k = (x * 1.44269504f + round_magic) - round_magic;  // nearest integer to x / ln2
+    // ln2 split in two so that k * ln2_hi is exact (ln2_hi = 45426 / 2^16, |k| <= 127)
+    V r = (x - k * 0.693145751953125f) - k * 1.42860682e-6f;
+    V p = V{} + 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    VI bits = (__builtin_convertvector(k, VI) + 127) << 23;  // 2^k
+    return p * (V)bits;
+  }
 };
-template <typename V, typename VI, typename VU>
+
+// VF: the float vector of as many lanes as V (half its bytes), for widening float data into
+// double accumulators (the norms' row statistics, sum_squares) and narrowing back.
+template <typename V, typename VI, typename VU, typename VF>
 struct SimdF64 : SimdBase<double, V, VI, VU, int64_t> {
   static QS_INLINE void exp_inplace(V& x) {
     for (int i = 0; i < (int)(sizeof(V) / sizeof(double)); i++) x[i] = std::exp(x[i]);
   }
+  // L floats at p, widened (exactly) to double.
+  static QS_INLINE V load_f32(const float* p) {
+    VF v;
+    std::memcpy(&v, p, sizeof(VF));
+    return __builtin_convertvector(v, V);
+  }
+  // The 2L floats of a full float vector vf (of Simd<float, VB>), widened in two halves.
+  template <typename VF2>
+  static QS_INLINE void widen2(const VF2& vf, V& lo, V& hi) {
+    static_assert(sizeof(VF2) == 2 * sizeof(VF), "widen2 takes the float vector of the same width");
+    VF h;
+    std::memcpy(&h, &vf, sizeof h);
+    lo = __builtin_convertvector(h, V);
+    std::memcpy(&h, (const char*)&vf + sizeof h, sizeof h);
+    hi = __builtin_convertvector(h, V);
+  }
+  static QS_INLINE VF narrow(const V& v) { return __builtin_convertvector(v, VF); }
 };
 template <> struct Simd<float, 16> : SimdF32<f32x4, i32x4, u32x4> {};
 template <> struct Simd<float, 32> : SimdF32<f32x8, i32x8, u32x8> {};
 template <> struct Simd<float, 64> : SimdF32<f32x16, i32x16, u32x16> {};
-template <> struct Simd<double, 16> : SimdF64<f64x2, i64x2, u64x2> {};
-template <> struct Simd<double, 32> : SimdF64<f64x4, i64x4, u64x4> {};
-template <> struct Simd<double, 64> : SimdF64<f64x8, i64x8, u64x8> {};
-
-// ---------------------------------------------------------------------------------------------
-// Scalar float exp for auto-vectorised loops
-
-// Float bits mapped monotonically onto int32 (negative values get their magnitude bits
-// flipped), and back. Used to clamp without a float comparison: under -ftrapping-math (GCC's
-// default) a float compare may raise FE_INVALID, so `x < lo ? lo : x` is not turned into a
-// branch-free select and the whole loop stays scalar; integer compares vectorise.
-inline int32_t ordered_bits(float x) {
-  int32_t b;
-  std::memcpy(&b, &x, sizeof b);
-  return b ^ ((b >> 31) & 0x7fffffff);
-}
-inline float from_ordered_bits(int32_t k) {
-  int32_t b = k ^ ((k >> 31) & 0x7fffffff);
-  float x;
-  std::memcpy(&x, &b, sizeof x);
-  return x;
-}
-
-// e^x in float without a libm call, so that loops using it vectorise (SSE2 is enough).
-// x = k ln2 + r with k = round(x / ln2) and |r| <= ln2/2; e^r by its Taylor polynomial to r^7
-// (truncation < 1e-8 relative, under float's half ulp); 2^k written into the exponent bits.
-// ~2 ulp over the clamp range [-87, 88], which keeps 2^k a normal float; beyond it the result
-// saturates near 1.6e-38 or 1.7e38 instead of going to 0 or inf, which changes 1 / (1 + e^x)
-// by less than 1e-37. A NaN x gives some finite value: callers multiply by x, so NaN survives.
-inline float exp_f32(float x) {
-  int32_t key = ordered_bits(x);
-  const int32_t key_lo = ordered_bits(-87.0f), key_hi = ordered_bits(88.0f);
-  key = key < key_lo ? key_lo : key;
-  key = key > key_hi ? key_hi : key;
-  x = from_ordered_bits(key);
-  const float round_magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  float k = (x * 1.44269504f + round_magic) - round_magic;  // nearest integer to x / ln2
-  // ln2 split in two so that k * ln2_hi is exact (ln2_hi = 45426 / 2^16, |k| <= 127)
-  float r = (x - k * 0.693145751953125f) - k * 1.42860682e-6f;
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  int32_t bits = ((int32_t)k + 127) << 23;  // 2^k
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
+template <> struct Simd<double, 16> : SimdF64<f64x2, i64x2, u64x2, f32x2> {};
+template <> struct Simd<double, 32> : SimdF64<f64x4, i64x4, u64x4, f32x4> {};
+template <> struct Simd<double, 64> : SimdF64<f64x8, i64x8, u64x8, f32x8> {};
 
 }  // namespace qs::cpu::vec

@@ -329,7 +329,7 @@ static void layernorm_case(Rng& rng, int N, int C, bool with_bias) {
 
 QS_TEST(layernorm_grad) {
   Rng rng(404);
-  const int sizes[][2] = {{1, 7}, {7, 13}, {4, 64}, {1, 2}, {33, 13}, {3, 768}};
+  const int sizes[][2] = {{1, 7}, {7, 13}, {4, 64}, {1, 2}, {33, 13}, {3, 768}, {5, 100}};
   for (auto& s : sizes) layernorm_case(rng, s[0], s[1], true);
   layernorm_case(rng, 7, 13, false);
   layernorm_case(rng, 4, 64, false);
@@ -396,7 +396,7 @@ static void rmsnorm_case(Rng& rng, int N, int C) {
 
 QS_TEST(rmsnorm_grad) {
   Rng rng(505);
-  const int sizes[][2] = {{1, 1}, {1, 7}, {7, 13}, {4, 64}, {33, 13}, {3, 768}};
+  const int sizes[][2] = {{1, 1}, {1, 7}, {7, 13}, {4, 64}, {33, 13}, {3, 768}, {5, 100}};
   for (auto& s : sizes) rmsnorm_case(rng, s[0], s[1]);
 }
 
@@ -741,6 +741,14 @@ static void sum_squares_case(Rng& rng, int64_t n) {
   QS_EXPECT(std::memcmp(&r1, &r2, sizeof r1) == 0 && std::memcmp(&r2, &r2b, sizeof r2) == 0,
             "sum_squares n=%lld not bit-identical across 1/2 threads: %.17g vs %.17g", (long long)n, r1, r2);
   QS_EXPECT(std::fabs(r1 - want) <= 1e-13 * want, "sum_squares n=%lld: %.17g, exact %.17g", (long long)n, r1, want);
+  if (sizeof(T) == 4) {  // float: the same lane layout and exact squares on every SIMD path
+    for (const char* isa : {"generic", "avx2"}) {
+      ScopedSimd simd(isa);
+      double r = cpu::sum_squares<T>(x.data(), n);
+      QS_EXPECT(std::memcmp(&r, &r2, sizeof r) == 0, "sum_squares<float> n=%lld differs under QS_CPU_SIMD=%s: %.17g vs %.17g",
+                (long long)n, isa, r, r2);
+    }
+  }
 }
 
 QS_TEST(sum_squares_deterministic) {
