@@ -187,30 +187,11 @@ template <int VB, bool kDinp, bool kPart>
 QS_INLINE void ln_bwd_row(float* dx, double* pw, double* pb, const float* dy, const float* x,
                           const float* w, float mt, float st, int C) {
   typedef vec::Simd<float, VB> S;
-  typedef vec::Simd<double, VB> D;
   typedef typename S::V VF;
-  typedef typename D::V VD;
-  constexpr int L = S::L, LD = D::L;
+  constexpr int L = S::L;
 
-  if (kPart) {
-    // pw += dy * norm, pb += dy in double, norm = (x - mean) * rstd rounded as the forward's
-    int c = 0;
-    for (; c + L <= C; c += L) {
-      VD dy0, dy1, n0, n1;
-      D::widen2(S::load(dy + c), dy0, dy1);
-      D::widen2((S::load(x + c) - mt) * st, n0, n1);
-      D::store(pw + c, D::load(pw + c) + dy0 * n0);
-      D::store(pw + c + LD, D::load(pw + c + LD) + dy1 * n1);
-      if (pb) {
-        D::store(pb + c, D::load(pb + c) + dy0);
-        D::store(pb + c + LD, D::load(pb + c + LD) + dy1);
-      }
-    }
-    for (; c < C; c++) {
-      pw[c] += (double)dy[c] * (double)((x[c] - mt) * st);
-      if (pb) pb[c] += (double)dy[c];
-    }
-  }
+  // pw += dy * norm, pb += dy in double, norm = (x - mean) * rstd rounded as the forward's
+  if (kPart) accumulate_norm_partials<VB>(pw, pb, dy, x, mt, st, C);
   if (!kDinp) return;
 
   // a = mean(g), b = mean(g * norm) with g = dy * w (float terms, VecRowSum sums)

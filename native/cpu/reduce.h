@@ -132,4 +132,33 @@ void rows_with_param_grads(int N, int C, bool par, T* const (&grads)[P], RowFn r
   delete[] partial;
 }
 
+// Norm parameter-gradient partials for one row, in double (LayerNorm and RMSNorm share it):
+//   pw (C) += dy * ((x - mean) * rstd),  pb (C) += dy  (pb may be null)
+// `norm` is rounded in float exactly as the forward computed it; RMSNorm passes mean = 0,
+// for which x - 0.0f == x bit for bit.
+template <int VB>
+QS_INLINE void accumulate_norm_partials(double* pw, double* pb, const float* dy, const float* x, float mean,
+                                        float rstd, int C) {
+  typedef vec::Simd<float, VB> S;
+  typedef vec::Simd<double, VB> D;
+  typedef typename D::V VD;
+  constexpr int L = S::L, LD = D::L;
+  int c = 0;
+  for (; c + L <= C; c += L) {
+    VD dy0, dy1, n0, n1;
+    D::widen2(S::load(dy + c), dy0, dy1);
+    D::widen2((S::load(x + c) - mean) * rstd, n0, n1);
+    D::store(pw + c, D::load(pw + c) + dy0 * n0);
+    D::store(pw + c + LD, D::load(pw + c + LD) + dy1 * n1);
+    if (pb) {
+      D::store(pb + c, D::load(pb + c) + dy0);
+      D::store(pb + c + LD, D::load(pb + c + LD) + dy1);
+    }
+  }
+  for (; c < C; c++) {
+    pw[c] += (double)dy[c] * (double)((x[c] - mean) * rstd);
+    if (pb) pb[c] += (double)dy[c];
+  }
+}
+
 }  // namespace qs::cpu

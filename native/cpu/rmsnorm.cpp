@@ -114,21 +114,9 @@ template <int VB, bool kDinp, bool kPart>
 QS_INLINE void rms_bwd_row(float* dx, double* pw, const float* dy, const float* x, const float* w,
                            float st, int C) {
   typedef vec::Simd<float, VB> S;
-  typedef vec::Simd<double, VB> D;
   typedef typename S::V VF;
-  typedef typename D::V VD;
-  constexpr int L = S::L, LD = D::L;
-  if (kPart) {
-    int c = 0;
-    for (; c + L <= C; c += L) {
-      VD dy0, dy1, n0, n1;
-      D::widen2(S::load(dy + c), dy0, dy1);
-      D::widen2(S::load(x + c) * st, n0, n1);
-      D::store(pw + c, D::load(pw + c) + dy0 * n0);
-      D::store(pw + c + LD, D::load(pw + c + LD) + dy1 * n1);
-    }
-    for (; c < C; c++) pw[c] += (double)dy[c] * (double)(x[c] * st);
-  }
+  constexpr int L = S::L;
+  if (kPart) accumulate_norm_partials<VB>(pw, nullptr, dy, x, 0.0f, st, C);
   if (!kDinp) return;
   // g = sum dy * w * x, float terms summed by VecRowSum
   VecRowSum<VB> sg;
