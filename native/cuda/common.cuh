@@ -1,6 +1,6 @@
 // common.cuh: CUDA error handling for the CUDA backend.
 //
-// CUDA errors become Statuses, never exit(): llm.c's cudaCheck() exits the process, which
+// CUDA errors become Statuses; the process is never ended: llm.c's cudaCheck() exits, which
 // inside Node kills the user's whole program. A "sticky" error (illegal address, launch
 // failure, ...) corrupts the context for the rest of the process, so we remember it and the
 // engine refuses further work (ENGINE_FAILED) instead of pretending to recover.
