@@ -256,3 +256,15 @@ test('scope() disposes what it created except its result; Scope works across awa
   t.true(inner.disposed);
   t.false(kept.keep.disposed);
 });
+
+test('clipGradNorm and adamwUpdate ops match the Parameters methods', async (t) => {
+  using e = cpuEngine();
+  const g = e.tensor([3, 4], [2], 'f64');
+  const { norm } = await e.ops.clipGradNorm({ grads: g, maxNorm: 1 });
+  t.deepEqual(await norm.array(), [5]);
+  const clipped = await g.array();
+  t.true(Math.abs(Math.hypot(clipped[0]!, clipped[1]!) - 1) < 1e-6);
+  const p = e.tensor([1, 1], [2], 'f64');
+  const err = await t.throwsAsync(e.ops.adamwUpdate({ params: p, grads: g, m: e.zeros([2], 'f64'), v: e.zeros([2], 'f64'), lr: 0.1, step: 1, beta1: 1 }));
+  t.regex(err?.message ?? '', /adamw_update: 'beta1' must be in \[0, 1\) \(got 1\)/);
+});

@@ -71,10 +71,7 @@ EngineWrap::EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine
 }
 
 EngineWrap::~EngineWrap() {
-  if (!destroyed_) {
-    napi_remove_env_cleanup_hook(env_, reinterpret_cast<void (*)(void*)>(&EngineWrap::cleanup_hook), this);
-    destroy();
-  }
+  destroy();
 }
 
 void EngineWrap::cleanup_hook(EngineWrap* self) {
@@ -83,9 +80,12 @@ void EngineWrap::cleanup_hook(EngineWrap* self) {
   self->tsfn_.Abort();
 }
 
+// Frees the engine once: joins the compute thread, releases the thread-safe function and the
+// environment cleanup hook (which has nothing left to do).
 void EngineWrap::destroy() {
   if (destroyed_) return;
   destroyed_ = true;
+  napi_remove_env_cleanup_hook(env_, reinterpret_cast<void (*)(void*)>(&EngineWrap::cleanup_hook), this);
   engine_.reset();
   tsfn_.Release();
 }
@@ -93,10 +93,7 @@ void EngineWrap::destroy() {
 Napi::Value EngineWrap::Dispose(const Napi::CallbackInfo& info) {
   if (disposed_) return info.Env().Undefined();  // idempotent
   disposed_ = true;
-  if (in_flight_ == 0) {
-    napi_remove_env_cleanup_hook(env_, reinterpret_cast<void (*)(void*)>(&EngineWrap::cleanup_hook), this);
-    destroy();
-  }
+  if (in_flight_ == 0) destroy();
   // else: the last job_done() destroys it
   return info.Env().Undefined();
 }
@@ -110,10 +107,7 @@ void EngineWrap::job_done(Napi::Env env) {
   if (--in_flight_ == 0) {
     tsfn_.Unref(env);
     Unref();
-    if (disposed_) {
-      napi_remove_env_cleanup_hook(env_, reinterpret_cast<void (*)(void*)>(&EngineWrap::cleanup_hook), this);
-      destroy();
-    }
+    if (disposed_) destroy();
   }
 }
 

@@ -3,6 +3,7 @@
 
 #include "core/op_context.h"
 #include "cpu/adamw.h"
+#include "quietstar/params.h"
 
 namespace qs {
 
@@ -14,19 +15,18 @@ static Status adamw_update_op(OpContext& ctx) {
   QS_RETURN_IF_ERROR(ctx.tensor("grads", Kind::FLOAT, {"*N"}, &grads));
   QS_RETURN_IF_ERROR(ctx.tensor("m", Kind::FLOAT, {"*N"}, &m));
   QS_RETURN_IF_ERROR(ctx.tensor("v", Kind::FLOAT, {"*N"}, &v));
-  double lr;
+  AdamWConfig c;
   int64_t step;
-  QS_RETURN_IF_ERROR(ctx.number("lr", &lr));
+  QS_RETURN_IF_ERROR(ctx.number("lr", &c.lr));
   QS_RETURN_IF_ERROR(ctx.integer("step", 1, INT64_MAX / 2, &step));
-  double beta1 = ctx.number_or("beta1", 0.9), beta2 = ctx.number_or("beta2", 0.999);
-  double eps = ctx.number_or("eps", 1e-8), weight_decay = ctx.number_or("weightDecay", 0.01);
-  QS_CHECK_ARG(lr >= 0 && std::isfinite(lr), "%s: 'lr' must be a finite number >= 0 (got %g)", ctx.op(), lr);
-  QS_CHECK_ARG(beta1 >= 0 && beta1 < 1, "%s: 'beta1' must be in [0, 1) (got %g)", ctx.op(), beta1);
-  QS_CHECK_ARG(beta2 >= 0 && beta2 < 1, "%s: 'beta2' must be in [0, 1) (got %g)", ctx.op(), beta2);
-  QS_CHECK_ARG(eps > 0, "%s: 'eps' must be > 0 (got %g)", ctx.op(), eps);
-  QS_CHECK_ARG(weight_decay >= 0, "%s: 'weightDecay' must be >= 0 (got %g)", ctx.op(), weight_decay);
-  QS_FOR_FLOAT(ctx, cpu::adamw_update<T>(ptr<T>(params), ptr<T>(grads), ptr<T>(m), ptr<T>(v), params.numel(), (float)lr,
-                                          (float)beta1, (float)beta2, (float)eps, (float)weight_decay, step));
+  c.beta1 = ctx.number_or("beta1", c.beta1);
+  c.beta2 = ctx.number_or("beta2", c.beta2);
+  c.eps = ctx.number_or("eps", c.eps);
+  c.weight_decay = ctx.number_or("weightDecay", c.weight_decay);
+  Status valid = c.validate();
+  if (!valid.ok()) return Status(valid.code(), std::string(ctx.op()) + ": " + valid.message());
+  QS_FOR_FLOAT(ctx, cpu::adamw_update<T>(ptr<T>(params), ptr<T>(grads), ptr<T>(m), ptr<T>(v), params.numel(), (float)c.lr,
+                                          (float)c.beta1, (float)c.beta2, (float)c.eps, (float)c.weight_decay, step));
   ctx.pass_through("params", params);
   ctx.pass_through("m", m);
   ctx.pass_through("v", v);
@@ -56,11 +56,7 @@ static Status clip_grad_norm_op(OpContext& ctx) {
   QS_RETURN_IF_ERROR(ctx.number("maxNorm", &max_norm));
   QS_CHECK_ARG(max_norm > 0, "%s: 'maxNorm' must be > 0 (got %g)", ctx.op(), max_norm);
   QS_RETURN_IF_ERROR(ctx.output("norm", DType::F64, {1}, &norm));
-  double total = 0;
-  QS_FOR_FLOAT(ctx, total = std::sqrt(cpu::sum_squares<T>(ptr<T>(grads), grads.numel())));
-  norm.data<double>()[0] = total;
-  double factor = max_norm / (total + 1e-6);
-  if (factor < 1.0) QS_FOR_FLOAT(ctx, cpu::scale_inplace<T>(ptr<T>(grads), grads.numel(), (T)factor));
+  QS_FOR_FLOAT(ctx, norm.data<double>()[0] = cpu::clip_grad_norm<T>(ptr<T>(grads), grads.numel(), max_norm));
   ctx.pass_through("grads", grads);
   return Status::Ok();
 }

@@ -70,10 +70,7 @@ static Status convert_op(OpContext& ctx) {
   }
   switch (to) {
     case DType::F32: std::memcpy(y.raw(), src32, (size_t)n * 4); break;
-    case DType::F64:
-      if (from == DType::F32) { for (int64_t i = 0; i < n; i++) y.data<double>()[i] = x.data<float>()[i]; }
-      else { for (int64_t i = 0; i < n; i++) y.data<double>()[i] = src32[i]; }
-      break;
+    case DType::F64: for (int64_t i = 0; i < n; i++) y.data<double>()[i] = src32[i]; break;
     case DType::BF16: cpu::f32_to_bf16(y.data<uint16_t>(), src32, n); break;
     default: cpu::f32_to_f16(y.data<uint16_t>(), src32, n); break;
   }

@@ -88,14 +88,19 @@ static void adamw_ranges(ParamSet& p, const AdamWConfig& c, int64_t t) {
                          (float)c.beta1, (float)c.beta2, (float)c.eps, 0.0f, t);
 }
 
+Status AdamWConfig::validate() const {
+  QS_CHECK_ARG(lr >= 0 && std::isfinite(lr), "'lr' must be a finite number >= 0 (got %g)", lr);
+  QS_CHECK_ARG(beta1 >= 0 && beta1 < 1, "'beta1' must be in [0, 1) (got %g)", beta1);
+  QS_CHECK_ARG(beta2 >= 0 && beta2 < 1, "'beta2' must be in [0, 1) (got %g)", beta2);
+  QS_CHECK_ARG(eps > 0, "'eps' must be > 0 (got %g)", eps);
+  QS_CHECK_ARG(weight_decay >= 0, "'weightDecay' must be >= 0 (got %g)", weight_decay);
+  return Status::Ok();
+}
+
 Status ParamSet::adamw_step(const AdamWConfig& c) {
   QS_CHECK_ARG(m_.defined(), "adamw step on parameters created without optimizer state");
   QS_CHECK_ARG(params_.device() == Device::CPU, "adamw on CUDA parameters is not implemented yet");
-  QS_CHECK_ARG(c.lr >= 0 && std::isfinite(c.lr), "lr must be a finite number >= 0 (got %g)", c.lr);
-  QS_CHECK_ARG(c.beta1 >= 0 && c.beta1 < 1, "beta1 must be in [0, 1) (got %g)", c.beta1);
-  QS_CHECK_ARG(c.beta2 >= 0 && c.beta2 < 1, "beta2 must be in [0, 1) (got %g)", c.beta2);
-  QS_CHECK_ARG(c.eps > 0, "eps must be > 0 (got %g)", c.eps);
-  QS_CHECK_ARG(c.weight_decay >= 0, "weightDecay must be >= 0 (got %g)", c.weight_decay);
+  QS_RETURN_IF_ERROR(c.validate());
   step_++;
   if (params_.dtype() == DType::F64) adamw_ranges<double>(*this, c, step_);
   else adamw_ranges<float>(*this, c, step_);
@@ -105,17 +110,8 @@ Status ParamSet::adamw_step(const AdamWConfig& c) {
 Status ParamSet::clip_grad_norm(double max_norm, double* norm_before) {
   QS_CHECK_ARG(grads_.device() == Device::CPU, "clipping CUDA gradients is not implemented yet");
   int64_t n = layout_.total();
-  double ss = grads_.dtype() == DType::F64 ? cpu::sum_squares<double>(grads_.data<double>(), n)
-                                           : cpu::sum_squares<float>(grads_.data<float>(), n);
-  double norm = std::sqrt(ss);
-  *norm_before = norm;
-  if (max_norm > 0) {
-    double factor = max_norm / (norm + 1e-6);  // torch.nn.utils.clip_grad_norm_
-    if (factor < 1.0) {
-      if (grads_.dtype() == DType::F64) cpu::scale_inplace<double>(grads_.data<double>(), n, factor);
-      else cpu::scale_inplace<float>(grads_.data<float>(), n, (float)factor);
-    }
-  }
+  *norm_before = grads_.dtype() == DType::F64 ? cpu::clip_grad_norm<double>(grads_.data<double>(), n, max_norm)
+                                              : cpu::clip_grad_norm<float>(grads_.data<float>(), n, max_norm);
   return Status::Ok();
 }
 

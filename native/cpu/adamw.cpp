@@ -212,4 +212,15 @@ template double sum_squares<double>(const double*, int64_t);
 template void scale_inplace<float>(float*, int64_t, float);
 template void scale_inplace<double>(double*, int64_t, double);
 
+template <typename T>
+double clip_grad_norm(T* g, int64_t n, double max_norm) {
+  double norm = std::sqrt(sum_squares<T>(g, n));
+  double factor = max_norm / (norm + 1e-6);
+  if (max_norm > 0 && factor < 1.0) scale_inplace<T>(g, n, (T)factor);
+  return norm;
+}
+
+template double clip_grad_norm<float>(float*, int64_t, double);
+template double clip_grad_norm<double>(double*, int64_t, double);
+
 }  // namespace qs::cpu

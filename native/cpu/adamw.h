@@ -25,4 +25,9 @@ double sum_squares(const T* x, int64_t n);
 template <typename T>
 void scale_inplace(T* x, int64_t n, T s);
 
+// torch.nn.utils.clip_grad_norm_ over one flat buffer: returns the L2 norm of g[0, n) and, when
+// max_norm > 0 and the factor max_norm / (norm + 1e-6) is below 1, scales g by it.
+template <typename T>
+double clip_grad_norm(T* g, int64_t n, double max_norm);
+
 }  // namespace qs::cpu

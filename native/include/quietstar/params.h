@@ -47,6 +47,8 @@ class ParamLayout {
 
 struct AdamWConfig {
   double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.01;
+  // INVALID_ARGUMENT naming the field (JS names: lr, beta1, beta2, eps, weightDecay).
+  Status validate() const;
 };
 
 class ParamSet {
