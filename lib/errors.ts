@@ -14,7 +14,11 @@ export type ErrorCode =
   | 'UNAVAILABLE'
   | 'UNIMPLEMENTED'
   | 'INTERNAL'
-  | 'ADDON_NOT_BUILT';
+  | 'ADDON_NOT_BUILT'
+  /** A file is missing. The message names it. */
+  | 'NOT_FOUND'
+  /** A file exists but is malformed (truncated, bad header, wrong dtype or shape); the message names the file and the tensor or field. */
+  | 'BAD_FILE';
 
 export class QuietstarError extends Error {
   readonly code: ErrorCode;
