@@ -1,48 +1,62 @@
 #!/usr/bin/env node
 /**
- * The `quietstar` command line.
+ * The `quietstar` command line: one file per command under lib/commands.
  *
- *   quietstar info [--json]     backends built and active, CUDA, GPUs, GEMM path, cuBLAS
+ *   quietstar info [--json]                       backends built and active, CUDA, GPUs, GEMM path, cuBLAS
+ *   quietstar generate --model DIR ...            continue a prompt
+ *   quietstar perplexity --model DIR --data FILE  mean NLL and perplexity of a corpus
+ *   quietstar train-lm ... --data FILE --out DIR  next-token training with a progress bar
+ *
+ * Exit status: 0 done, 1 failed (the message names the file, tensor or value at fault),
+ * 2 a mistake on the command line (the message names the flag).
  */
-import { parseArgs } from 'node:util';
-
 import { QuietstarError } from './errors.js';
-import { backendInfo, formatBackendInfo } from './info.js';
+import { UsageError } from './commands/common.js';
+import { generateCommand } from './commands/generate.js';
+import { infoCommand } from './commands/info.js';
+import { perplexityCommand } from './commands/perplexity.js';
+import { trainLmCommand } from './commands/train-lm.js';
 
 const USAGE = `usage: quietstar <command> [options]
 
 commands:
-  info [--json]    what was built, what runs here (CUDA, GPUs, GEMM path, cuBLAS, threads)
+  info         what was built, what runs here (CUDA, GPUs, GEMM path, cuBLAS, threads)
+  generate     continue a prompt with a Hugging Face model folder (greedy, temperature, top-k, top-p)
+  perplexity   loss and perplexity of a model on a text, JSONL or pre-tokenised corpus
+  train-lm     train a language model (progress bar, JSONL metrics, checkpoints, HF output)
+
+Run 'quietstar <command> --help' for a command's options.
 `;
 
-function info(argv: string[]): void {
-  const { values } = parseArgs({ args: argv, options: { json: { type: 'boolean', default: false } }, strict: true });
-  const data = backendInfo();
-  process.stdout.write(values.json ? `${JSON.stringify(data, null, 2)}\n` : `${formatBackendInfo(data)}\n`);
-}
+const COMMANDS: Record<string, (argv: string[]) => number | Promise<number>> = {
+  info: infoCommand,
+  generate: generateCommand,
+  perplexity: perplexityCommand,
+  'train-lm': trainLmCommand,
+};
 
-export function main(argv: string[]): number {
+export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
+  if (command === undefined || command === '-h' || command === '--help' || command === 'help') {
+    process.stdout.write(USAGE);
+    return command === undefined ? 1 : 0;
+  }
+  const run = COMMANDS[command];
+  if (!run) {
+    process.stderr.write(`quietstar: unknown command '${command}'\n\n${USAGE}`);
+    return 2;
+  }
   try {
-    switch (command) {
-      case 'info':
-        info(rest);
-        return 0;
-      case undefined:
-      case '-h':
-      case '--help':
-      case 'help':
-        process.stdout.write(USAGE);
-        return command === undefined ? 1 : 0;
-      default:
-        process.stderr.write(`quietstar: unknown command '${command}'\n\n${USAGE}`);
-        return 2;
-    }
+    return await run(rest);
   } catch (err) {
+    if (err instanceof UsageError) {
+      process.stderr.write(`quietstar ${command}: ${err.message}\n(see 'quietstar ${command} --help')\n`);
+      return 2;
+    }
     const code = err instanceof QuietstarError ? ` [${err.code}]` : '';
     process.stderr.write(`quietstar ${command}: ${err instanceof Error ? err.message : String(err)}${code}\n`);
     return 1;
   }
 }
 
-process.exitCode = main(process.argv.slice(2));
+process.exitCode = await main(process.argv.slice(2));

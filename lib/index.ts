@@ -9,3 +9,28 @@ export { scope, Scope } from './scope.js';
 export { QuietstarError, type ErrorCode } from './errors.js';
 export { backendInfo, opNames, formatBackendInfo, type BackendInfo } from './info.js';
 export type { DType, DeviceName } from './native.js';
+export { Model, type ModelOptions, type TokenBatch, type LogitsBatch, type DecodeStep } from './model/model.js';
+export {
+  createModelConfig,
+  modelFamily,
+  MODEL_TYPES,
+  type ModelConfig,
+  type ModelConfigInput,
+  type ModelFamily,
+  type ModelType,
+} from './model/config.js';
+export {
+  loadTokenizer,
+  createByteTokenizer,
+  HfTokenizer,
+  ScoreBpeTokenizer,
+  loadHfTokenizer,
+  loadGpt2Files,
+  loadLlama2cTokenizer,
+  loadSentencePieceModel,
+  type Tokenizer,
+  type EncodeOptions as TokenizerEncodeOptions,
+  type DecodeOptions as TokenizerDecodeOptions,
+  type ByteTokenizerOptions,
+  type Llama2cTokenizerOptions,
+} from './tokenizer/index.js';

@@ -54,6 +54,40 @@ export interface NativeParameters {
   dispose(): void;
 }
 
+/** The native model configuration: lib/model/config.ts's ModelConfig (extra fields are ignored). */
+export interface NativeModelConfig {
+  modelType: string;
+  vocabSize: number;
+  dModel: number;
+  nLayers: number;
+  nHeads: number;
+  nKvHeads: number;
+  headDim: number;
+  dFF: number;
+  maxSeqLen: number;
+  normEps: number;
+  ropeTheta: number;
+  tieEmbeddings: boolean;
+  qkvBias: boolean;
+  oBias: boolean;
+  mlpBias: boolean;
+  slidingWindow: number;
+}
+
+/** A transformer over a NativeParameters (native/addon/model_wrap.h). Arrays are copied at the call. */
+export interface NativeModel {
+  readonly cacheLength: number;
+  readonly disposed: boolean;
+  initWeights(seed: number): Promise<void>;
+  forward(ids: Int32Array, targets: Int32Array, B: number, T: number): Promise<{ loss: number; tokens: number }>;
+  backward(lossScale: number): Promise<void>;
+  tokenLosses(ids: Int32Array, targets: Int32Array, B: number, T: number): Promise<Float32Array>;
+  logits(ids: Int32Array, B: number, T: number, lastOnly: boolean): Promise<NativeTensor>;
+  resetCache(B: number, maxLen: number): Promise<void>;
+  decode(ids: Int32Array, positions: Int32Array, valid: Uint8Array | undefined, n: number): Promise<NativeTensor>;
+  dispose(): void;
+}
+
 export interface NativeEngine {
   readonly device: DeviceName;
   readonly threads: number;
@@ -78,6 +112,7 @@ export interface NativeEngine {
     dtype: DType,
     withOptimizer: boolean,
   ): Promise<NativeParameters>;
+  createModel(config: NativeModelConfig, parameters: NativeParameters): Promise<NativeModel>;
   dispose(): void;
 }
 
@@ -114,6 +149,8 @@ export interface BindingModule {
   NativeTensor: abstract new (...args: never[]) => NativeTensor;
   backendInfo(extraCublasDirs?: string[]): BackendInfo;
   opNames(): string[];
+  /** The parameter views of a model configuration, in layout order (names from the native core). */
+  modelParamSpecs(config: NativeModelConfig): { name: string; shape: number[]; decay: boolean }[];
   setErrorClass(ctor: typeof QuietstarError): void;
 }
 

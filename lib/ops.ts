@@ -148,6 +148,23 @@ export class Ops {
     return this.call('lmhead_xent_backward', tensors, { ignoreIndex, chunk });
   }
 
+  // ---- sampling ---------------------------------------------------------------------------
+
+  /**
+   * Next-token ids (B) i32 from logits (B, V) f32|f64. `temperature` 0 is greedy (first
+   * argmax); otherwise Hugging Face's order: logits / temperature, top-k (0 = off), top-p
+   * (1 = off), then a Gumbel-max draw with noise keyed by (seed, row, step, position), so each
+   * row's draw is independent of the rest of the batch and of the thread count. `rows` (B) i32
+   * gives each batch row its stream id (default 0..B-1), `positions` (B) i32 its position
+   * (default 0); ids in `suppress` (S) i32 are never drawn. CPU only for now.
+   */
+  sampleTokens(a: {
+    logits: T; rows?: T; positions?: T; suppress?: T; temperature?: number; topK?: number; topP?: number; seed?: number; step?: number;
+  }): Promise<{ ids: T }> {
+    const { logits, rows, positions, suppress, ...attrs } = a;
+    return this.call('sample_tokens', { logits, rows, positions, suppress }, attrs);
+  }
+
   // ---- optimisation -----------------------------------------------------------------------
 
   /** One AdamW update (torch semantics) of flat params/grads/m/v; step is 1-based. */

@@ -41,8 +41,9 @@ export async function atomicTarget(path: string, write: (tmp: string) => Promise
 /**
  * Creates the folder `dir` atomically: `fill(tmpDir)` writes into a fresh temporary sibling
  * folder, which then replaces `dir` (an existing `dir` is moved aside first and removed after).
- * `keep(name)` selects files of an existing `dir` to carry over into the new one (e.g. a
- * tokenizer saved beside the weights); they are copied before the swap.
+ * `keep(name)` selects entries of an existing `dir` to carry over into the new one (e.g. a
+ * tokenizer or training checkpoints saved beside the weights); they are moved, not copied, so
+ * keeping large folders costs nothing, and moved back if the swap fails.
  */
 export async function atomicDir(
   dir: string,
@@ -53,26 +54,30 @@ export async function atomicDir(
   const tmp = tempSibling(dir);
   await fsp.mkdir(tmp);
   let old: string | undefined;
+  const moved: string[] = [];
   try {
     await fill(tmp);
-    const existing = await fsp.readdir(dir, { withFileTypes: true }).catch((err: NodeJS.ErrnoException) => {
+    const existing = await fsp.readdir(dir).catch((err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOENT') return undefined;
       throw err;
     });
     if (existing) {
-      for (const e of existing) {
-        if (!keep(e.name)) continue;
-        const to = join(tmp, e.name);
-        if (await fsp.stat(to).then(() => true, () => false)) continue; // the new save wins
-        await fsp.cp(join(dir, e.name), to, { recursive: true });
-      }
       old = tempSibling(dir, 'old');
       await fsp.rename(dir, old);
+      for (const name of existing) {
+        if (!keep(name)) continue;
+        if (await fsp.stat(join(tmp, name)).then(() => true, () => false)) continue; // the new save wins
+        await fsp.rename(join(old, name), join(tmp, name));
+        moved.push(name);
+      }
     }
     await fsp.rename(tmp, dir);
   } catch (err) {
+    if (old) {
+      for (const name of moved) await fsp.rename(join(tmp, name), join(old, name)).catch(() => undefined);
+      await fsp.rename(old, dir).catch(() => undefined);
+    }
     await fsp.rm(tmp, { recursive: true, force: true });
-    if (old) await fsp.rename(old, dir).catch(() => undefined);
     throw err;
   }
   await syncDir(dirname(dir));

@@ -99,12 +99,15 @@ class Fields {
     const fallback = (field: string, d: number | undefined): number | undefined =>
       !this.has(field) && d !== undefined && d < vocabSize ? d : undefined;
     const bos = this.optInt('bos_token_id') ?? fallback('bos_token_id', defaults.bos);
-    const pad = this.optInt('pad_token_id');
+    // Some published configs carry a pad id that names no token (Llama's -1, or vocab_size after
+    // a resize that never happened): padding is then undefined, as transformers treats it.
+    const rawPad = this.raw('pad_token_id');
+    const pad = typeof rawPad === 'number' && Number.isSafeInteger(rawPad) && rawPad >= 0 && rawPad < vocabSize ? rawPad : undefined;
     const eos = this.raw('eos_token_id');
     const inVocab = (field: string, id: number): number =>
       id < vocabSize ? id : this.fail(field, `${id} is outside the vocabulary (vocab_size ${vocabSize})`);
     if (bos !== undefined) out.bosTokenId = inVocab('bos_token_id', bos);
-    if (pad !== undefined) out.padTokenId = inVocab('pad_token_id', pad);
+    if (pad !== undefined) out.padTokenId = pad;
     if (Array.isArray(eos)) {
       if (!eos.every((id) => Number.isSafeInteger(id) && (id as number) >= 0)) {
         this.fail('eos_token_id', `must be integers >= 0 (got ${JSON.stringify(eos)})`);

@@ -146,7 +146,8 @@ export class ScoreBpeTokenizer implements Tokenizer {
     if (options.addSpecialTokens && this.bosId !== undefined) ids.push(this.bosId);
     for (const seg of this.added.split(text)) {
       if (seg.id !== undefined) ids.push(seg.id);
-      else ids.push(...this.encodePlain(seg.text, seg.start === 0));
+      // A loop, not push(...spread): a long text would overflow the call stack.
+      else for (const id of this.encodePlain(seg.text, seg.start === 0)) ids.push(id);
     }
     return ids;
   }

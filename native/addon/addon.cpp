@@ -3,11 +3,14 @@
 //   backendInfo(): what was built and what this machine can run (see lib/native.ts BackendInfo)
 //   opNames(): every op engine.run() accepts
 //   setErrorClass(ctor): the JS class native errors are instances of (lib/errors.ts)
-//   NativeEngine, NativeTensor, NativeParameters: classes (engine_wrap.h, tensor_wrap.h, params_wrap.h)
+//   modelParamSpecs(config): the parameter views of a model configuration (model_wrap.h)
+//   NativeEngine, NativeTensor, NativeParameters, NativeModel: classes (engine_wrap.h, tensor_wrap.h,
+//   params_wrap.h, model_wrap.h; models come from engine.createModel)
 #include <napi.h>
 
 #include "addon/common.h"
 #include "addon/engine_wrap.h"
+#include "addon/model_wrap.h"
 #include "addon/params_wrap.h"
 #include "addon/tensor_wrap.h"
 #include "cpu/gemm.h"
@@ -103,12 +106,14 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   Napi::Function params = ParamsWrap::Init(env);
   data->tensor_class = Napi::Persistent(tensor);
   data->params_class = Napi::Persistent(params);
+  data->model_class = Napi::Persistent(ModelWrap::Init(env));
   exports.Set("NativeEngine", engine);
   exports.Set("NativeTensor", tensor);
   exports.Set("NativeParameters", params);
   exports.Set("backendInfo", Napi::Function::New(env, BackendInfo));
   exports.Set("opNames", Napi::Function::New(env, OpNames));
   exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass));
+  exports.Set("modelParamSpecs", Napi::Function::New(env, ModelParamSpecs));
   return exports;
 }
 

@@ -16,6 +16,7 @@ struct AddonData {
   Napi::FunctionReference error_class;
   Napi::FunctionReference tensor_class;
   Napi::FunctionReference params_class;
+  Napi::FunctionReference model_class;
   uint64_t next_engine_id = 1;
 };
 AddonData* addon_data(Napi::Env env);

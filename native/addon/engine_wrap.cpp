@@ -6,6 +6,7 @@
 #include <cstring>
 #include <thread>
 
+#include "addon/model_wrap.h"
 #include "addon/params_wrap.h"
 #include "addon/tensor_wrap.h"
 #include "quietstar/ops.h"
@@ -49,6 +50,7 @@ Napi::Function EngineWrap::Init(Napi::Env env) {
                       InstanceMethod<&EngineWrap::Synchronize>("synchronize"),
                       InstanceMethod<&EngineWrap::Sleep>("debugSleep"),
                       InstanceMethod<&EngineWrap::CreateParameters>("createParameters"),
+                      InstanceMethod<&EngineWrap::CreateModel>("createModel"),
                       InstanceMethod<&EngineWrap::Dispose>("dispose")});
 }
 
@@ -166,6 +168,11 @@ void EngineWrap::release_slot(const std::shared_ptr<TensorSlot>& slot) {
     return;
   }
   engine_->submit([slot] { slot->tensor = Tensor(); });
+}
+
+void EngineWrap::release_later(std::shared_ptr<void> owned) {
+  if (destroyed_ || !engine_) return;  // `owned` goes here, with no compute thread left
+  engine_->submit([owned]() mutable { owned.reset(); });
 }
 
 Napi::Object EngineWrap::wrap_slot(Napi::Env env, const std::shared_ptr<TensorSlot>& slot) {
@@ -463,5 +470,6 @@ Napi::Value EngineWrap::GetDisposed(const Napi::CallbackInfo& info) { return Nap
 Napi::Value EngineWrap::GetPending(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), in_flight_); }
 
 Napi::Value EngineWrap::CreateParameters(const Napi::CallbackInfo& info) { return ParamsWrap::Create(this, info); }
+Napi::Value EngineWrap::CreateModel(const Napi::CallbackInfo& info) { return ModelWrap::Create(this, info); }
 
 }  // namespace qs::addon

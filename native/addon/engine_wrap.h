@@ -41,6 +41,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   void fill_slot(Napi::Env env, const std::shared_ptr<TensorSlot>& slot, std::function<Status(Tensor*)> make);
   // Releases a slot's storage after every job already queued (which may still read it).
   void release_slot(const std::shared_ptr<TensorSlot>& slot);
+  // Drops `owned` on the compute thread after every job already queued (models, caches).
+  void release_later(std::shared_ptr<void> owned);
   std::shared_ptr<TensorSlot> new_slot(DType dtype, const Shape& shape);
   Napi::Object wrap_slot(Napi::Env env, const std::shared_ptr<TensorSlot>& slot);
   // The slot of a JS Tensor argument, checked: a Tensor, not disposed, from this engine.
@@ -66,6 +68,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   Napi::Value Synchronize(const Napi::CallbackInfo& info);
   Napi::Value Sleep(const Napi::CallbackInfo& info);
   Napi::Value CreateParameters(const Napi::CallbackInfo& info);
+  Napi::Value CreateModel(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   void destroy();
   static void cleanup_hook(EngineWrap* self);

@@ -72,7 +72,7 @@ ParamsWrap::ParamsWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Params
     throw_status(env, Status(Code::INVALID_ARGUMENT, "Parameters are created by engine.createParameters(), not with new"));
   }
   std::shared_ptr<ParamsInit> init = *info[0].As<Napi::External<std::shared_ptr<ParamsInit>>>().Data();
-  set_ = init->set;
+  set_ = std::move(init->set);  // the External lives until GC: it must not keep the buffers
   layout_ = init->layout;
   engine_ref_ = Napi::Persistent(info[1].As<Napi::Object>());
   engine_ = EngineWrap::Unwrap(info[1].As<Napi::Object>());

@@ -17,6 +17,10 @@ class ParamsWrap : public Napi::ObjectWrap<ParamsWrap> {
   // engine.createParameters(specs: {name, shape, decay}[], dtype, withOptimizer): Promise<Parameters>
   static Napi::Value Create(EngineWrap* engine, const Napi::CallbackInfo& info);
   explicit ParamsWrap(const Napi::CallbackInfo& info);
+  // For engine.createModel: the set (compute thread use only), its engine, whether disposed.
+  const std::shared_ptr<ParamSet>& set() const { return set_; }
+  EngineWrap* engine() const { return engine_; }
+  bool disposed() const { return disposed_; }
 
  private:
   Napi::Value Entries(const Napi::CallbackInfo& info);

@@ -174,6 +174,7 @@ static const OpTable& op_table() {
     register_nn_ops(t);
     register_attention_ops(t);
     register_optim_ops(t);
+    register_sampling_ops(t);
     return t;
   }();
   return table;

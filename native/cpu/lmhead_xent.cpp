@@ -298,6 +298,108 @@ void lmhead_xent_backward(T* dh, T* dW, const T* dlosses, const T* h, const T* W
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Training variant: keep the unit gradient instead of recomputing the logits (see the header)
+
+template <typename T>
+void lmhead_xent_forward_keep(T* losses, float* lse, T* G, const T* h, const T* W, const int32_t* targets, int N, int C,
+                              int V, int ignore_index, int chunk) {
+  if (N <= 0) return;
+  for (int n = 0; n < N; n++) {
+    losses[n] = 0;
+    lse[n] = 0;
+  }
+  if (V <= 0) return;
+  const int nchunk = effective_chunk(chunk, V);
+  const std::vector<int> rows = active_rows(targets, N, ignore_index);
+  const int nrows = (int)rows.size();
+  if (nrows == 0) return;
+  const RowFns<T> fns = pick_row_fns<T>();
+  const int RB = std::min(kRowBlock, nrows);
+  std::vector<T> hbuf;                  // (RB, C) gathered h rows, when needed
+  std::vector<T> m(RB), l(RB), zt(RB);  // (RB) running max, sum, target logit
+  T* mp = m.data();
+  T* lp = l.data();
+  T* zp = zt.data();
+
+  for (int start = 0; start < nrows; start += RB) {
+    const int rb = std::min(RB, nrows - start);
+    const int* idx = rows.data() + start;
+    bool contiguous;
+    if (idx[rb - 1] - idx[0] != rb - 1 && hbuf.empty()) hbuf.resize((size_t)RB * C);
+    const T* hp = block_rows(h, idx, rb, C, hbuf.data(), contiguous);
+    T* Z = G + (int64_t)start * V;  // (rb, V): this block's logits, then its unit gradient
+    for (int r = 0; r < rb; r++) {
+      mp[r] = -std::numeric_limits<T>::infinity();
+      lp[r] = 0;
+      zp[r] = 0;
+    }
+    for (int v0 = 0; v0 < V; v0 += nchunk) {
+      const int nc = std::min(nchunk, V - v0);
+      if (C > 0) {
+        gemm<T>(false, true, rb, nc, C, T(1), hp, C, W + (int64_t)v0 * C, C, T(0), Z + v0, V);
+      } else {
+        for (int r = 0; r < rb; r++) std::fill(Z + (int64_t)r * V + v0, Z + (int64_t)r * V + v0 + nc, T(0));
+      }
+#pragma omp parallel for schedule(static)
+      for (int r = 0; r < rb; r++) {
+        const T* z = Z + (int64_t)r * V + v0;
+        fns.stats(z, nc, mp + r, lp + r);
+        const int t = targets[idx[r]];
+        if (t >= v0 && t < v0 + nc) zp[r] = z[t - v0];
+      }
+    }
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rb; r++) {
+      const T ls = mp[r] + std::log(lp[r]);
+      lse[idx[r]] = (float)ls;
+      losses[idx[r]] = ls - zp[r];
+      // G = softmax - onehot, the softmax from the float lse exactly as the recomputing backward forms it
+      T* z = Z + (int64_t)r * V;
+      fns.grad(z, V, (T)lse[idx[r]], T(1));
+      z[targets[idx[r]]] -= T(1);
+    }
+  }
+}
+
+template <typename T>
+void lmhead_xent_backward_kept(T* dh, T* dW, T g, const T* G, const T* h, const T* W, const int32_t* targets, int N,
+                               int C, int V, int ignore_index) {
+  if (N <= 0 || V <= 0 || C <= 0 || (!dh && !dW)) return;
+  const std::vector<int> rows = active_rows(targets, N, ignore_index);
+  const int nrows = (int)rows.size();
+  if (nrows == 0) return;
+  // The counted rows of h (gathered when they are not consecutive); their dh likewise.
+  std::vector<T> hbuf, dhbuf;
+  bool contiguous = rows[nrows - 1] - rows[0] == nrows - 1;
+  if (!contiguous) hbuf.resize((size_t)nrows * C);
+  const T* hp = block_rows(h, rows.data(), nrows, C, hbuf.data(), contiguous);
+  if (dh) {
+    // dh (+)= g · G (nrows, V) · W (V, C): one gemm over the whole vocabulary
+    T* dhp = contiguous ? dh + (int64_t)rows[0] * C : (dhbuf.resize((size_t)nrows * C), dhbuf.data());
+    gemm<T>(false, false, nrows, C, V, g, G, V, W, C, contiguous ? T(1) : T(0), dhp, C);
+    if (!contiguous) {
+#pragma omp parallel for schedule(static)
+      for (int r = 0; r < nrows; r++) {
+        T* dst = dh + (int64_t)rows[r] * C;
+        const T* src = dhp + (int64_t)r * C;
+        for (int c = 0; c < C; c++) dst[c] += src[c];
+      }
+    }
+  }
+  // dW (V, C) += g · Gᵀ (V, nrows) · h (nrows, C): every row at once, so dW is read and written once
+  if (dW) gemm<T>(true, false, V, C, nrows, g, G, V, hp, C, T(1), dW, C);
+}
+
+template void lmhead_xent_forward_keep<float>(float*, float*, float*, const float*, const float*, const int32_t*, int,
+                                              int, int, int, int);
+template void lmhead_xent_forward_keep<double>(double*, float*, double*, const double*, const double*, const int32_t*,
+                                               int, int, int, int, int);
+template void lmhead_xent_backward_kept<float>(float*, float*, float, const float*, const float*, const float*,
+                                               const int32_t*, int, int, int, int);
+template void lmhead_xent_backward_kept<double>(double*, double*, double, const double*, const double*, const double*,
+                                                const int32_t*, int, int, int, int);
+
 template void lmhead_xent_forward<float>(float*, float*, const float*, const float*, const int32_t*, int, int,
                                          int, int, int);
 template void lmhead_xent_forward<double>(double*, float*, const double*, const double*, const int32_t*, int,

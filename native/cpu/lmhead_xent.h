@@ -26,4 +26,19 @@ void lmhead_xent_backward(T* dh, T* dW, const T* dlosses, const T* h, const T* W
                           const int32_t* targets, const float* lse, int N, int C, int V,
                           int ignore_index, int chunk);
 
+// Training variant for a uniform loss weight (the mean loss): the forward also leaves the unit
+// gradient G = softmax(logits) - onehot(target) of every counted row in G (n_counted, V), rows in
+// order (ignored rows are skipped, as above), and the backward then needs no recompute:
+//   dh += g · G · W,   dW += g · Gᵀ · h      (g = d(total loss)/d(loss[n]), the same for every row)
+// each as one gemm over all counted rows. G costs n_counted · V elements; callers use it when
+// that fits their memory budget and fall back to the recomputing pair otherwise. The backward
+// only reads G, so it may run several times after one forward.
+template <typename T>
+void lmhead_xent_forward_keep(T* losses, float* lse, T* G, const T* h, const T* W, const int32_t* targets,
+                              int N, int C, int V, int ignore_index, int chunk);
+
+template <typename T>
+void lmhead_xent_backward_kept(T* dh, T* dW, T g, const T* G, const T* h, const T* W,
+                               const int32_t* targets, int N, int C, int V, int ignore_index);
+
 }  // namespace qs::cpu

@@ -97,6 +97,12 @@ class Model {
   // Bytes held by activations and the cache (for memory reports).
   int64_t activation_bytes() const;
 
+  // Training memory (bytes) the fused LM head may hold from forward to backward: when its unit
+  // gradient (B·T·V elements) fits, forward keeps it and backward skips recomputing the logits
+  // (a quarter of the head's FLOPs); otherwise backward recomputes them chunk by chunk.
+  // Speed only: both paths give the same gradients up to rounding. Default 128 MiB.
+  void set_logits_budget(int64_t bytes);
+
  private:
   struct Impl;
   Model() = default;

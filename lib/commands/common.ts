@@ -1,0 +1,118 @@
+/**
+ * What the CLI commands share: flag parsing with errors that name the flag, the engine, and
+ * finding a tokenizer.
+ */
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+
+import { Engine } from '../engine.js';
+import { QuietstarError } from '../errors.js';
+import { loadTokenizer, type Tokenizer } from '../tokenizer/index.js';
+
+/** A mistake on the command line: printed with a pointer to the command's help, exit status 2. */
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+type Options = NonNullable<ParseArgsConfig['options']>;
+export type FlagValues = Record<string, string | boolean | undefined>;
+
+/** Flags every model command takes. */
+export const ENGINE_FLAGS = {
+  device: { type: 'string' },
+  threads: { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const satisfies Options;
+
+export const ENGINE_HELP = `  --device cpu|cuda|auto   where to compute (default cpu; auto = CUDA when usable)
+  --threads N              CPU threads (default 0 = all cores)
+  -h, --help               this help`;
+
+/** parseArgs in strict mode; unknown flags, missing values and stray arguments are UsageErrors naming them. */
+export function parseFlags(argv: string[], options: Options): FlagValues {
+  try {
+    const { values, positionals } = parseArgs({ args: argv, options, strict: true, allowPositionals: true });
+    if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}'`);
+    return values as FlagValues;
+  } catch (err) {
+    if (err instanceof UsageError) throw err;
+    // node's messages name the flag: "Unknown option '--foo'", "Option '--model <value>' argument missing"
+    throw new UsageError((err as Error).message.split('. To specify')[0] ?? String(err));
+  }
+}
+
+export function str(values: FlagValues, name: string): string | undefined {
+  const v = values[name];
+  return typeof v === 'string' ? v : undefined;
+}
+
+export function required(values: FlagValues, name: string): string {
+  const v = str(values, name);
+  if (v === undefined || v === '') throw new UsageError(`--${name} is required`);
+  return v;
+}
+
+/** An integer flag in [min, max]. */
+export function int(values: FlagValues, name: string, fallback: number, min = 0, max = Number.MAX_SAFE_INTEGER): number {
+  const v = str(values, name);
+  if (v === undefined) return fallback;
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isSafeInteger(n) || n < min || n > max) {
+    const range = max === Number.MAX_SAFE_INTEGER ? `>= ${min}` : `in [${min}, ${max}]`;
+    throw new UsageError(`--${name} must be an integer ${range} (got '${v}')`);
+  }
+  return n;
+}
+
+/** A number flag accepted by `ok`. */
+export function num(values: FlagValues, name: string, fallback: number, ok: (x: number) => boolean, want: string): number {
+  const v = str(values, name);
+  if (v === undefined) return fallback;
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isFinite(n) || !ok(n)) throw new UsageError(`--${name} must be ${want} (got '${v}')`);
+  return n;
+}
+
+/** A comma-separated list of integers, e.g. `--prompt-ids 1,2,3`. */
+export function idList(values: FlagValues, name: string): number[] | undefined {
+  const v = str(values, name);
+  if (v === undefined) return undefined;
+  const parts = v.split(',').map((s) => s.trim());
+  return parts.map((p, i) => {
+    const n = Number(p);
+    if (p === '' || !Number.isSafeInteger(n) || n < 0) throw new UsageError(`--${name}: item ${i + 1} '${p}' is not a token id (want integers >= 0 separated by commas)`);
+    return n;
+  });
+}
+
+export function openEngine(values: FlagValues): Engine {
+  const device = str(values, 'device') ?? 'cpu';
+  if (!['cpu', 'cuda', 'auto'].includes(device)) throw new UsageError(`--device must be cpu, cuda or auto (got '${device}')`);
+  const threads = int(values, 'threads', 0);
+  return Engine.create({ device: device as 'cpu' | 'cuda' | 'auto', threads });
+}
+
+/**
+ * The tokenizer of `--tokenizer`, else the one in the model folder; undefined when the folder
+ * has none (a bad or missing `--tokenizer` file is an error).
+ */
+export async function findTokenizer(flag: string | undefined, modelDir: string | undefined): Promise<Tokenizer | undefined> {
+  if (flag !== undefined) return loadTokenizer(flag);
+  if (modelDir === undefined) return undefined;
+  try {
+    return await loadTokenizer(modelDir);
+  } catch (err) {
+    if (err instanceof QuietstarError && err.code === 'NOT_FOUND') return undefined;
+    throw err;
+  }
+}
+
+/** Whether the tokenizer puts BOS in front of a sequence (Llama-style), as its encode() does. */
+export function addsBos(tok: Tokenizer): boolean {
+  if (tok.bosId === undefined) return false;
+  const plain = tok.encode('a');
+  const special = tok.encode('a', { addSpecialTokens: true });
+  return special.length === plain.length + 1 && special[0] === tok.bosId;
+}

@@ -1,0 +1,292 @@
+/**
+ * `quietstar train-lm`: plain next-token training (lib/train's trainLm) from a pretrained
+ * folder, a fresh configuration, or a checkpoint; a progress bar on stderr, metrics as JSON
+ * lines in <out>/metrics.jsonl, checkpoints in <out>/checkpoint-N, and the final weights as a
+ * Hugging Face folder in <out> (with the tokenizer files copied beside them).
+ */
+import { promises as fsp } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+
+import cliProgress from 'cli-progress';
+
+import { loadLmData } from '../data/index.js';
+import type { Engine } from '../engine.js';
+import { QuietstarError } from '../errors.js';
+import { loadPretrained, savePretrained } from '../hf/checkpoint.js';
+import { modelConfigFromHF } from '../hf/config.js';
+import { createModelConfig, type ModelConfigInput } from '../model/config.js';
+import { Model } from '../model/model.js';
+import { resolveCheckpointDir } from '../train/checkpoint.js';
+import { METRICS_FILE, trainLm, type TrainLmConfig, type TrainLmMetrics } from '../train/index.js';
+import { ENGINE_FLAGS, ENGINE_HELP, UsageError, findTokenizer, int, num, openEngine, parseFlags, required, str, type FlagValues } from './common.js';
+import { parseField, parseFormat } from './perplexity.js';
+
+export const TRAIN_LM_HELP = `usage: quietstar train-lm (--model DIR | --config FILE | --resume DIR) --data FILE --out DIR [options]
+
+Trains a language model on next-token prediction (AdamW, warm-up then cosine/linear/constant decay,
+gradient accumulation and clipping). Shows a progress bar on stderr, appends one JSON object per step
+to OUT/metrics.jsonl, writes checkpoints (weights, optimizer, data position) to OUT/checkpoint-N, and
+saves the final model as a Hugging Face folder in OUT.
+
+model (one of):
+  --model DIR              start from a Hugging Face folder
+  --config FILE            start from random weights: an HF config.json (with model_type) or a JSON
+                           object of quietstar ModelConfig fields (modelType, vocabSize, dModel, ...)
+  --resume DIR             continue exactly from a checkpoint folder, or from OUT (its latest checkpoint)
+data:
+  --data FILE              text, JSONL with a text field, or pre-tokenised {"ids": [...]} lines
+  --format F               text | jsonl | ids (default: by extension, .jsonl/.json = JSONL)
+  --field NAME[,NAME...]   JSONL text field(s) (default text)
+  --separator STR          split a text file into documents at STR
+  --tokenizer FILE         tokenizer (default: the one in --model / --resume); not needed for ids data
+  --seq-len T              tokens per row (default: min(the model's maxSeqLen, 256))
+  --eval-data FILE         held-out corpus for evaluation loss and perplexity
+  --eval-fraction F        or hold out this fraction of --data (default 0)
+  --eval-every N           evaluate every N steps (default 0 = after the last step only)
+  --eval-batches N         batches per evaluation (default 20; 0 = all held-out rows)
+optimisation:
+  --steps N                optimizer steps (default: one pass over the training rows)
+  --lr LR                  peak learning rate (default 3e-4)
+  --min-lr LR              learning rate at the end of the decay (default lr/10)
+  --warmup N               linear warm-up steps (default 0)
+  --schedule S             cosine | linear | constant (default cosine)
+  --batch-size B           rows per micro-batch (default 8)
+  --grad-accum N           micro-batches per step (default 1)
+  --weight-decay W         AdamW weight decay (default 0.1)
+  --clip C                 gradient-norm clipping, 0 = off (default 1)
+  --seed S                 data order, and the initial weights with --config (default 0)
+output:
+  --out DIR                output folder (required)
+  --checkpoint-every N     checkpoint every N steps (default 0 = after the last step only)
+  --keep-checkpoints N     keep the newest N checkpoints, 0 = all (default 0)
+  --save-dtype D           F32 | BF16 | F16 for the saved weights (default F32)
+${ENGINE_HELP}
+
+Ctrl-C stops after the current step, writes a checkpoint and saves the model.
+`;
+
+const FLAGS = {
+  ...ENGINE_FLAGS,
+  model: { type: 'string' },
+  config: { type: 'string' },
+  resume: { type: 'string' },
+  data: { type: 'string' },
+  format: { type: 'string' },
+  field: { type: 'string' },
+  separator: { type: 'string' },
+  tokenizer: { type: 'string' },
+  'seq-len': { type: 'string' },
+  'eval-data': { type: 'string' },
+  'eval-fraction': { type: 'string' },
+  'eval-every': { type: 'string' },
+  'eval-batches': { type: 'string' },
+  steps: { type: 'string' },
+  lr: { type: 'string' },
+  'min-lr': { type: 'string' },
+  warmup: { type: 'string' },
+  schedule: { type: 'string' },
+  'batch-size': { type: 'string' },
+  'grad-accum': { type: 'string' },
+  'weight-decay': { type: 'string' },
+  clip: { type: 'string' },
+  seed: { type: 'string' },
+  out: { type: 'string' },
+  'checkpoint-every': { type: 'string' },
+  'keep-checkpoints': { type: 'string' },
+  'save-dtype': { type: 'string' },
+} as const;
+
+// Tokenizer files copied beside the saved weights, so `--model OUT` finds its tokenizer.
+const TOKENIZER_FILES = [
+  'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'vocab.json', 'merges.txt', 'encoder.json',
+  'vocab.bpe', 'tokenizer.model',
+];
+
+/** The files that make up the tokenizer at `path` (a folder or one file). */
+async function tokenizerFiles(path: string): Promise<string[]> {
+  const isDir = (await fsp.stat(path)).isDirectory();
+  const dir = isDir ? path : dirname(path);
+  const names = await fsp.readdir(dir);
+  const wanted = (n: string): boolean => TOKENIZER_FILES.includes(n) || /^tok.*\.bin$/.test(n);
+  if (isDir) return names.filter(wanted).map((n) => join(dir, n));
+  // one file: itself, plus the companions its format reads
+  const name = basename(path);
+  const companions: Record<string, string[]> = {
+    'tokenizer.json': ['tokenizer_config.json', 'special_tokens_map.json'],
+    'vocab.json': ['merges.txt'],
+    'encoder.json': ['vocab.bpe'],
+    'merges.txt': ['vocab.json'],
+    'vocab.bpe': ['encoder.json'],
+  };
+  return [path, ...(companions[name] ?? []).filter((n) => names.includes(n)).map((n) => join(dir, n))];
+}
+
+async function copyFiles(files: string[], dir: string): Promise<void> {
+  for (const f of files) await fsp.copyFile(f, join(dir, basename(f)));
+}
+
+async function readJson(file: string): Promise<unknown> {
+  let text: string;
+  try {
+    text = await fsp.readFile(file, 'utf8');
+  } catch {
+    throw new QuietstarError(`--config ${file}: file not found`, 'NOT_FOUND');
+  }
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new QuietstarError(`--config ${file}: invalid JSON (${(err as Error).message})`, 'BAD_FILE');
+  }
+}
+
+/** The model to train and the folder its tokenizer may live in. */
+async function createModel(engine: Engine, values: FlagValues, seed: number): Promise<{ model: Model; dir?: string }> {
+  const modelDir = str(values, 'model');
+  const configFile = str(values, 'config');
+  const resume = str(values, 'resume');
+  if (modelDir !== undefined && configFile !== undefined) throw new UsageError('give only one of --model DIR and --config FILE');
+  if (modelDir !== undefined) return { model: await loadPretrained(engine, modelDir), dir: modelDir };
+  if (configFile !== undefined) {
+    const json = await readJson(configFile);
+    const rec = (typeof json === 'object' && json !== null ? json : {}) as Record<string, unknown>;
+    let config;
+    if ('model_type' in rec) config = modelConfigFromHF(json, configFile);
+    else if ('modelType' in rec) config = createModelConfig(rec as unknown as ModelConfigInput);
+    else throw new UsageError(`--config ${configFile}: needs "model_type" (an HF config.json) or "modelType" (quietstar ModelConfig fields)`);
+    const model = await Model.create(engine, config);
+    await model.initWeights(seed);
+    return { model };
+  }
+  if (resume !== undefined) {
+    const dir = await resolveCheckpointDir(resume);
+    return { model: await loadPretrained(engine, dir), dir };
+  }
+  throw new UsageError('give --model DIR, --config FILE or --resume DIR');
+}
+
+const fmtLr = (lr: number): string => lr.toExponential(2);
+
+export async function trainLmCommand(argv: string[]): Promise<number> {
+  const values = parseFlags(argv, FLAGS);
+  if (values.help) {
+    process.stdout.write(TRAIN_LM_HELP);
+    return 0;
+  }
+  const dataFile = required(values, 'data');
+  const outDir = required(values, 'out');
+  const format = parseFormat(str(values, 'format'));
+  const field = parseField(str(values, 'field'));
+  const separator = str(values, 'separator');
+  const evalFile = str(values, 'eval-data');
+  const evalFraction = num(values, 'eval-fraction', 0, (x) => x >= 0 && x < 1, 'a number in [0, 1)');
+  if (evalFile !== undefined && evalFraction > 0) throw new UsageError('give only one of --eval-data and --eval-fraction');
+  const seed = int(values, 'seed', 0, 0);
+  const batchSize = int(values, 'batch-size', 8, 1);
+  const gradAccumulation = int(values, 'grad-accum', 1, 1);
+  const schedule = str(values, 'schedule') ?? 'cosine';
+  if (!['cosine', 'linear', 'constant'].includes(schedule)) throw new UsageError(`--schedule must be cosine, linear or constant (got '${schedule}')`);
+  const saveDtype = str(values, 'save-dtype') ?? 'F32';
+  if (!['F32', 'BF16', 'F16'].includes(saveDtype)) throw new UsageError(`--save-dtype must be F32, BF16 or F16 (got '${saveDtype}')`);
+  const lr = num(values, 'lr', 3e-4, (x) => x >= 0, 'a number >= 0');
+  const config: TrainLmConfig = {
+    maxSteps: 1, // set below, once the data is known
+    lr,
+    minLr: num(values, 'min-lr', lr / 10, (x) => x >= 0 && x <= lr, `a number in [0, --lr ${lr}]`),
+    warmupSteps: int(values, 'warmup', 0, 0),
+    schedule: schedule as 'cosine' | 'linear' | 'constant',
+    batchSize,
+    gradAccumulation,
+    weightDecay: num(values, 'weight-decay', 0.1, (x) => x >= 0, 'a number >= 0'),
+    clip: num(values, 'clip', 1, (x) => x >= 0, 'a number >= 0 (0 = off)'),
+    evalEvery: int(values, 'eval-every', 0, 0),
+    evalBatches: int(values, 'eval-batches', 20, 0),
+    checkpointEvery: int(values, 'checkpoint-every', 0, 0),
+    keepCheckpoints: int(values, 'keep-checkpoints', 0, 0),
+    seed,
+    saveDtype: saveDtype as 'F32' | 'BF16' | 'F16',
+    outDir,
+  };
+  const resume = str(values, 'resume');
+  if (resume !== undefined) config.resumeFrom = resume;
+  const stepsFlag = int(values, 'steps', 0, 1);
+  const seqLenFlag = int(values, 'seq-len', 0, 1);
+
+  using engine = openEngine(values);
+  const { model, dir } = await createModel(engine, values, seed);
+  using _model = model;
+  const tokPath = str(values, 'tokenizer');
+  const tok = await findTokenizer(tokPath, dir);
+  const tokFiles = tokPath !== undefined ? await tokenizerFiles(tokPath) : tok && dir !== undefined ? await tokenizerFiles(dir) : [];
+  const seqLen = seqLenFlag || Math.min(model.config.maxSeqLen, 256);
+  if (seqLen > model.config.maxSeqLen) throw new UsageError(`--seq-len ${seqLen} exceeds the model's maxSeqLen ${model.config.maxSeqLen}`);
+
+  const data = await loadLmData({
+    file: dataFile,
+    seqLen,
+    format,
+    ...(tok ? { tokenizer: tok } : {}),
+    vocabSize: model.config.vocabSize,
+    ...(field ? { field } : {}),
+    ...(separator !== undefined ? { documentSeparator: separator } : {}),
+    ...(evalFile !== undefined ? { evalFile } : {}),
+    evalFraction,
+  }).catch((err: unknown) => {
+    if (!tok && err instanceof Error && /tokenizer/i.test(err.message)) {
+      throw new UsageError(`${err.message} (no tokenizer found: pass --tokenizer FILE)`);
+    }
+    throw err;
+  });
+  if (data.train.rows === 0) throw new UsageError(`--data ${dataFile}: too short for one row of --seq-len ${seqLen} tokens`);
+  config.maxSteps = stepsFlag || Math.max(1, Math.ceil(data.train.rows / (batchSize * gradAccumulation)));
+
+  const abort = new AbortController();
+  const onSigint = (): void => abort.abort();
+  process.once('SIGINT', onSigint);
+  const tty = process.stderr.isTTY === true;
+  const bar = new cliProgress.SingleBar(
+    {
+      stream: process.stderr,
+      format: 'step {value}/{total} |{bar}| loss {loss} | lr {lr} | {tps} tok/s | ETA {eta_formatted}',
+      etaBuffer: 20,
+      hideCursor: true,
+    },
+    cliProgress.Presets.shades_classic,
+  );
+  const logEvery = Math.max(1, Math.floor(config.maxSteps / 20));
+  process.stderr.write(
+    `train-lm: ${model.numParameters()} parameters, ${data.train.rows} training rows of ${seqLen} tokens` +
+      `${data.eval ? `, ${data.eval.rows} held-out rows` : ''}; ${config.maxSteps} steps of ${batchSize * gradAccumulation} rows\n`,
+  );
+  let last: TrainLmMetrics | undefined;
+  let lastEval: TrainLmMetrics | undefined;
+  try {
+    let started = false;
+    for await (const m of trainLm(model, data, config, {
+      signal: abort.signal,
+      onCheckpoint: (d) => copyFiles(tokFiles, d),
+    })) {
+      last = m;
+      if (m.evalLoss !== undefined) lastEval = m;
+      const payload = { loss: m.loss.toFixed(4), lr: fmtLr(m.lr), tps: Math.round(m.tokensPerSecond) };
+      if (tty) {
+        if (!started) bar.start(config.maxSteps, m.step - 1, payload);
+        started = true;
+        bar.update(m.step, payload);
+      } else if (m.step % logEvery === 0 || m.step === config.maxSteps || m.evalLoss !== undefined) {
+        const ev = m.evalLoss !== undefined ? ` eval ${m.evalLoss.toFixed(4)} (ppl ${m.evalPerplexity?.toFixed(2)})` : '';
+        process.stderr.write(`step ${m.step}/${config.maxSteps} loss ${payload.loss} lr ${payload.lr} ${payload.tps} tok/s${ev}\n`);
+      }
+    }
+  } finally {
+    if (tty) bar.stop();
+    process.removeListener('SIGINT', onSigint);
+  }
+  await savePretrained(model, outDir, { dtype: config.saveDtype ?? 'F32' });
+  await copyFiles(tokFiles, outDir);
+  const summary = last
+    ? `${abort.signal.aborted ? 'interrupted at' : 'finished'} step ${last.step}, loss ${last.loss.toFixed(4)}` +
+      (lastEval ? `, eval loss ${lastEval.evalLoss!.toFixed(4)} (perplexity ${lastEval.evalPerplexity!.toFixed(2)})` : '')
+    : `nothing to do: the checkpoint is already at step ${config.maxSteps}`;
+  process.stderr.write(`train-lm: ${summary}; model saved to ${outDir}, metrics in ${join(outDir, METRICS_FILE)}\n`);
+  return 0;
+}

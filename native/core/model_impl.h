@@ -1,0 +1,115 @@
+// model_impl.h: the Model's private state (model.cpp: config, creation, checks; model_run.cpp:
+// buffers and the passes). Not part of the public API.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "cpu/transformer.h"
+#include "quietstar/model.h"
+
+namespace qs {
+
+constexpr int kIgnoreIndex = -100;
+
+// An int32 (B, T) token tensor on the CPU with every value in [lo, hi) (or -100 when
+// allow_ignore). Errors name `what` (the method), the tensor and the [b, t] index.
+Status check_tokens(const char* what, const char* name, const Tensor& t, int64_t B, int64_t T, int lo, int hi,
+                    bool allow_ignore, const char* range_field);
+// ids (B, T) (and targets when given) for a training or inference call, plus the device.
+Status check_batch(const ModelConfig& config, Engine& engine, const char* what, const Tensor& ids, const Tensor* targets);
+
+// A bump allocator over one byte buffer, 64-byte aligned pieces. With base == nullptr it only
+// measures (used = the bytes needed); then the same calls on the real buffer hand out pointers.
+struct Carver {
+  char* base = nullptr;
+  size_t used = 0;
+  template <typename U>
+  U* take(int64_t n) {
+    size_t off = (used + 63) / 64 * 64;
+    used = off + (size_t)n * sizeof(U);
+    return base ? reinterpret_cast<U*>(base + off) : nullptr;
+  }
+};
+
+// Training: every layer's activations plus the backward scratch, for N = B·T tokens.
+template <typename T>
+struct TrainBuffers {
+  T* x0 = nullptr;                       // (N, D) embeddings (layer 0's input)
+  std::vector<cpu::LayerActs<T>> layers;
+  T *hf = nullptr, *lnf_mean = nullptr, *lnf_rstd = nullptr;  // (N, D) final hidden state, (N), (N)
+  T* losses = nullptr;                   // (N)
+  float* lse = nullptr;                  // (N) LM head log-sum-exp
+  T* G = nullptr;                        // (N, V) LM head unit gradient, or null (over budget)
+  T* dlosses = nullptr;                  // (N)
+  cpu::Scratch<T> s;
+};
+
+// Inference (logits, token losses, decode): one layer's activations reused by every layer, the
+// residual stream in two buffers used in turn.
+template <typename T>
+struct InferBuffers {
+  T *x0 = nullptr, *x1 = nullptr;        // (N, D)
+  cpu::LayerActs<T> a;
+  T *hf = nullptr, *mean = nullptr, *rstd = nullptr;  // (N, D), (N), (N)
+  T* last = nullptr;                     // (B, D) the last position's residual
+  float* lse = nullptr;                  // (N)
+};
+
+struct Model::Impl {
+  Engine* engine = nullptr;
+
+  // ---- training (the last forward) ----
+  Tensor train_mem;
+  int64_t logits_budget = (int64_t)128 << 20;  // bytes (Model::set_logits_budget)
+  bool has_forward = false;
+  int tB = 0, tT = 0;  // the last forward's batch shape
+  int64_t count = 0;
+  std::vector<int32_t> ids, targets, pos;  // (B·T) copies: the caller may reuse its tensors
+  TrainBuffers<float> tf;
+  TrainBuffers<double> td;
+
+  // ---- inference scratch ----
+  Tensor infer_mem;
+  InferBuffers<float> inf_f;
+  InferBuffers<double> inf_d;
+
+  // ---- KV cache ----
+  Tensor cache_mem;
+  int cache_B = 0, cache_max = 0, cache_len = 0;
+  std::vector<int32_t> cache_pos;  // (B, max) position of each slot
+  std::vector<uint8_t> cache_valid;  // (B, max) 1 = attended; slots not yet written are 0
+  std::vector<char*> cache_k, cache_v;  // per layer: (B, max, Hkv, hd) in the params' dtype
+
+  template <typename B_> TrainBuffers<B_>& train();
+  template <typename B_> InferBuffers<B_>& infer();
+
+  // Makes `mem` at least `bytes` long (reallocating only when it is too small).
+  Status ensure(Tensor& mem, size_t bytes);
+
+  // The passes, for T = float or double (the params' dtype); model_run.cpp.
+  template <typename T>
+  Status forward(const ModelConfig& c, ParamSet& p, const Tensor& ids, const Tensor& targets, double* mean_loss,
+                 int64_t* count);
+  template <typename T>
+  Status backward(const ModelConfig& c, ParamSet& p, double loss_scale);
+  // Runs the layers without keeping activations; returns the last residual stream (N, D).
+  template <typename T>
+  Status infer_layers(const ModelConfig& c, ParamSet& p, const int32_t* ids, int B, int T_, const T** x_out);
+  template <typename T>
+  Status token_losses(const ModelConfig& c, ParamSet& p, const Tensor& ids, const Tensor& targets, Tensor* losses);
+  template <typename T>
+  Status logits(const ModelConfig& c, ParamSet& p, const Tensor& ids, bool last_only, Tensor* out);
+  template <typename T>
+  Status reset_cache(const ModelConfig& c, int B, int max_len);
+  template <typename T>
+  Status decode(const ModelConfig& c, ParamSet& p, const Tensor& ids, const Tensor& positions, const Tensor& valid,
+                Tensor* out);
+};
+
+template <> inline TrainBuffers<float>& Model::Impl::train<float>() { return tf; }
+template <> inline TrainBuffers<double>& Model::Impl::train<double>() { return td; }
+template <> inline InferBuffers<float>& Model::Impl::infer<float>() { return inf_f; }
+template <> inline InferBuffers<double>& Model::Impl::infer<double>() { return inf_d; }
+
+}  // namespace qs
