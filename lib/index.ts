@@ -34,3 +34,15 @@ export {
   type ByteTokenizerOptions,
   type Llama2cTokenizerOptions,
 } from './tokenizer/index.js';
+export {
+  loadPretrained,
+  loadWeights,
+  savePretrained,
+  type LoadPretrainedOptions,
+  type SavePretrainedOptions,
+} from './hf/checkpoint.js';
+export { SafetensorsReader, writeSafetensors, type SafetensorsDType, type SafetensorsEntry } from './hf/safetensors.js';
+export { modelConfigFromHF, modelConfigToHF, readModelConfig } from './hf/config.js';
+export { generate, generateStream, type GenerateOptions, type GenerateResult, type GenerateStep } from './generate.js';
+export * from './data/index.js';
+export * from './train/index.js';

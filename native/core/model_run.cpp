@@ -384,6 +384,16 @@ Status Model::decode(const Tensor& ids, const Tensor& positions, const Tensor& v
   QS_MODEL_DISPATCH(decode, config_, *params_, ids, positions, valid, logits); 
 }
 
+Status Model::last_hidden(Tensor* out) const {
+  QS_CHECK_ARG(impl_->has_forward, "Model.lastHidden: no forward pass yet");
+  const DType dt = params_->params().dtype();
+  const char* hf = dt == DType::F64 ? (const char*)impl_->td.hf : (const char*)impl_->tf.hf;
+  const Tensor& mem = impl_->train_mem;
+  const size_t offset = mem.offset_bytes() + (size_t)(hf - static_cast<const char*>(mem.raw()));
+  *out = Tensor(mem.storage(), offset, dt, {impl_->tB, impl_->tT, config_.d_model});
+  return Status::Ok();
+}
+
 void Model::set_logits_budget(int64_t bytes) { impl_->logits_budget = bytes; }
 
 int Model::cache_length() const { return impl_->cache_len; }

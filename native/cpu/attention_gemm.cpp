@@ -329,7 +329,125 @@ Args<T> make_args(const T* q, const T* k, const T* v, const int32_t* q_pos, cons
   return a;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Decoding: one (b, h) task, its Tq queries one by one. sc: (Tk padded) scores scratch.
+
+template <typename T, int VB>
+QS_INLINE void decode_task(const Args<T>& a, int task, T* sc) {
+  typedef vec::Simd<T, VB> S;
+  typedef typename S::V V;
+  constexpr int L = S::L;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const int h = task % a.H, b = task / a.H, hk = h / a.G, d = a.d;
+  const int64_t ldq = (int64_t)a.H * d, ldk = (int64_t)a.Hkv * d;
+  const int32_t* kpos = a.k_pos + (int64_t)b * a.Tk;
+  const uint8_t* kval = a.k_valid ? a.k_valid + (int64_t)b * a.Tk : nullptr;
+  const T* K = a.k + (int64_t)b * a.Tk * ldk + (int64_t)hk * d;
+  const T* Vv = a.v + (int64_t)b * a.Tk * ldk + (int64_t)hk * d;
+  for (int i = 0; i < a.Tq; i++) {
+    const T* q = a.q + ((int64_t)b * a.Tq + i) * ldq + (int64_t)h * d;
+    T* o = a.out + ((int64_t)b * a.Tq + i) * ldq + (int64_t)h * d;
+    float* lse = a.lse + ((int64_t)b * a.H + h) * a.Tq + i;
+    const int32_t qp = a.q_pos[(int64_t)b * a.Tq + i];
+    // scores of the visible keys (-inf for the others); their max
+    T m = ninf;
+    int jlo = a.Tk, jhi = -1;
+    for (int j = 0; j < a.Tk; j++) {
+      const bool vis = (!kval || kval[j]) && kpos[j] <= qp &&
+                       (a.window <= 0 || (int64_t)qp - (int64_t)kpos[j] < (int64_t)a.window);
+      if (!vis) {
+        sc[j] = ninf;
+        continue;
+      }
+      const T* kj = K + (int64_t)j * ldk;
+      V acc = V{};
+      int p = 0;
+      for (; p + L <= d; p += L) acc += S::load(q + p) * S::load(kj + p);
+      T dot = 0;
+      for (int t = 0; t < L; t++) dot += acc[t];
+      for (; p < d; p++) dot += q[p] * kj[p];
+      sc[j] = dot * a.scale;
+      m = sc[j] > m ? sc[j] : m;
+      jlo = std::min(jlo, j), jhi = j;
+    }
+    if (jhi < 0) {  // nothing visible
+      std::fill(o, o + d, T(0));
+      *lse = -std::numeric_limits<float>::infinity();
+      continue;
+    }
+    // probabilities over [jlo, jhi] (whole vectors: the scratch is padded with -inf)
+    const int n = round_up(jhi - jlo + 1);
+    T* sp = sc + jlo;
+    for (int j = jhi - jlo + 1; j < n; j++) sp[j] = ninf;
+    V vs = V{};
+    for (int j = 0; j < n; j += L) {
+      V x = S::load(sp + j) - m;
+      S::exp_inplace(x);
+      S::store(sp + j, x);
+      vs += x;
+    }
+    T l = 0;
+    for (int t = 0; t < L; t++) l += vs[t];
+    // out = Σ_j p_j v_j / l
+    std::fill(o, o + d, T(0));
+    for (int j = 0; j <= jhi - jlo; j++) {
+      const T pj = sp[j];
+      if (pj == T(0)) continue;
+      const T* vj = Vv + (int64_t)(jlo + j) * ldk;
+      int p = 0;
+      for (; p + L <= d; p += L) S::store(o + p, S::load(o + p) + pj * S::load(vj + p));
+      for (; p < d; p++) o[p] += pj * vj[p];
+    }
+    const T inv = T(1) / l;
+    for (int p = 0; p < d; p++) o[p] *= inv;
+    *lse = (float)(m + std::log(l));
+  }
+}
+
+template <typename T> using DecodeFn = void (*)(const Args<T>&, int, T*);
+template <typename T> void decode_generic(const Args<T>& a, int t, T* sc) { decode_task<T, 16>(a, t, sc); }
+#if QS_X86
+template <typename T> QS_TARGET_AVX2 void decode_avx2(const Args<T>& a, int t, T* sc) { decode_task<T, 32>(a, t, sc); }
+template <typename T> QS_TARGET_AVX512 void decode_avx512(const Args<T>& a, int t, T* sc) { decode_task<T, 64>(a, t, sc); }
+#endif
+
+template <typename T>
+DecodeFn<T> pick_decode() {
+#if QS_X86
+  switch (active_isa()) {
+    case kIsaAvx512: return decode_avx512<T>;
+    case kIsaAvx2: return decode_avx2<T>;
+    default: break;
+  }
+#endif
+  return decode_generic<T>;
+}
+
 }  // namespace
+
+template <typename T>
+void attention_decode_forward(T* out, float* lse, const T* q, const T* k, const T* v, const int32_t* q_pos,
+                              const int32_t* k_pos, const uint8_t* k_valid, const AttentionShape& s, T scale) {
+  if (s.B <= 0 || s.Tq <= 0 || s.H <= 0 || s.d <= 0) return;
+  if (s.Tk <= 0 || s.Hkv <= 0) {
+    std::fill(out, out + (int64_t)s.B * s.Tq * s.H * s.d, T(0));
+    std::fill(lse, lse + (int64_t)s.B * s.H * s.Tq, -std::numeric_limits<float>::infinity());
+    return;
+  }
+  Args<T> a = make_args(q, k, v, q_pos, k_pos, k_valid, s, scale);
+  a.out = out, a.lse = lse;
+  const DecodeFn<T> fn = pick_decode<T>();
+  const int ntasks = s.B * s.H, nthreads = get_num_threads();
+  const size_t stride = (size_t)round_up(s.Tk) + 2 * kPad;
+  std::vector<T> scratch(stride * nthreads);
+  const bool par = (int64_t)ntasks * s.Tq * s.Tk * s.d > (1 << 15);
+#pragma omp parallel num_threads(nthreads) if (par)
+  {
+    T* sc = scratch.data() + stride * thread_id();
+#pragma omp for schedule(static)
+    for (int t = 0; t < ntasks; t++) fn(a, t, sc);
+  }
+}
 
 template <typename T>
 void attention_gemm_forward(T* out, float* lse, const T* q, const T* k, const T* v, const int32_t* q_pos,
@@ -371,6 +489,11 @@ void attention_gemm_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, con
   }
 }
 
+template void attention_decode_forward<float>(float*, float*, const float*, const float*, const float*, const int32_t*,
+                                              const int32_t*, const uint8_t*, const AttentionShape&, float);
+template void attention_decode_forward<double>(double*, float*, const double*, const double*, const double*,
+                                               const int32_t*, const int32_t*, const uint8_t*, const AttentionShape&,
+                                               double);
 template void attention_gemm_forward<float>(float*, float*, const float*, const float*, const float*, const int32_t*,
                                             const int32_t*, const uint8_t*, const AttentionShape&, float);
 template void attention_gemm_forward<double>(double*, float*, const double*, const double*, const double*,

@@ -439,8 +439,8 @@ QS_TEST(gradients_with_recomputed_head_f64) {
   gradcheck_model(tiny_gpt2(), 0);
   gradcheck_model(tiny_llama(), 0);
 }
-// One kv head: too few (batch row, kv head) tasks for the gemm attention backward, so this one
-// runs the flash kernel's backward (on machines with 2 or more threads).
+// One kv head: B x Hkv = 2 (batch row, kv head) tasks are too few for the gemm attention
+// backward, so this one runs the flash kernel's backward (the others run the gemm one).
 QS_TEST(llama_mqa_tied_gradients_f64) {
   ModelConfig c = tiny_llama();
   c.n_kv_heads = 1, c.tie_embeddings = true, c.qkv_bias = false, c.sliding_window = 0;
@@ -547,6 +547,22 @@ static void check_losses_and_logits(const ModelConfig& c, DType dtype, double to
     want[i] = mx + std::log(z) - lg[(size_t)i * V + tg[i]];
   }
   check_close("token losses vs log-softmax(logits)", tl.data(), want.data(), want.size(), tol, tol);
+  // the last forward's final hidden states times the head give the logits
+  Tensor hid;
+  Status hs = b.model->last_hidden(&hid);
+  QS_EXPECT(hs.ok() && hid.shape() == Shape({B, T, c.d_model}), "last_hidden: %s", hs.to_string().c_str());
+  if (hs.ok()) {
+    std::vector<double> hv = to_doubles(hid), head = view_values(*b.params, b.params->params(),
+        c.tie_embeddings ? (c.family == ModelFamily::GPT2 ? "transformer.wte.weight" : "model.embed_tokens.weight") : "lm_head.weight");
+    std::vector<double> hl((size_t)B * T * V);
+    for (int i = 0; i < B * T; i++)
+      for (int v = 0; v < V; v++) {
+        double s = 0;
+        for (int k = 0; k < c.d_model; k++) s += hv[(size_t)i * c.d_model + k] * head[(size_t)v * c.d_model + k];
+        hl[(size_t)i * V + v] = s;
+      }
+    check_close("last_hidden x head vs logits", hl.data(), lg.data(), lg.size(), tol, tol);
+  }
   // last-only = the last position of the full logits
   std::vector<double> last = to_doubles(run_logits(*e, *b.model, ids_t, true)), want_last;
   for (int bb = 0; bb < B; bb++)

@@ -79,6 +79,11 @@ class Model {
   // without a preceding forward. Gradients are never zeroed here (ParamSet::zero_grad).
   Status backward(double loss_scale);
 
+  // The final hidden states (B,T,D) of the last forward, after the final norm (the LM head's
+  // input): a view into the activation buffer, valid until the next forward. INVALID_ARGUMENT
+  // without a preceding forward.
+  Status last_hidden(Tensor* out) const;
+
   // ---- inference (no activations kept beyond the call) ----------------------------------
   // Per-token NLL (B,T) in the params' dtype, 0 where target == -100.
   Status token_losses(const Tensor& ids, const Tensor& targets, Tensor* losses);

@@ -1,0 +1,68 @@
+/**
+ * The README's "Language models" example, run as written (paths pointed at the shared data),
+ * so the documented API cannot drift from the code.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import test from 'ava';
+
+import { Engine, Model, generate, loadPretrained, loadTokenizer, savePretrained } from '../lib/index.js';
+import { dataPath, missingData } from '../lib/util/data-path.js';
+
+const reason = missingData('models', 'stories260K-hf') ?? missingData('models', 'stories260K-llama2c', 'tok512.bin');
+if (reason) console.log(`readme-api: skipped: ${reason}`);
+
+(reason ? test.skip : test)('the README language-model example runs as documented', async (t) => {
+  const out = mkdtempSync(join(tmpdir(), 'qs-readme-'));
+  const engine = Engine.create({ device: 'cpu' });
+  try {
+    const model = await loadPretrained(engine, dataPath('models', 'stories260K-hf'));
+    const tok = await loadTokenizer(dataPath('models', 'stories260K-llama2c', 'tok512.bin'));
+
+    const { ids } = await generate(model, [[1], tok.encode('Once upon a time', { addSpecialTokens: true })], {
+      maxNewTokens: 100,
+      temperature: 0.8,
+      topP: 0.95,
+      seed: 1,
+      stopTokens: [2],
+    });
+    t.is(ids.length, 2);
+    t.true(ids[1]!.length > 0 && ids[1]!.length <= 100);
+    t.true(tok.decode(ids[1]!).length > 0);
+
+    const B = 4;
+    const T = 64;
+    const { loss } = await model.forward({ ids: new Int32Array(B * T), targets: new Int32Array(B * T), B, T });
+    t.true(Number.isFinite(loss) && loss > 0);
+    await model.backward();
+    const norm = await model.params.clipGradNorm(1.0);
+    t.true(norm > 0);
+    await model.params.adamwStep({ lr: 3e-4, weightDecay: 0.1 });
+    await model.params.zeroGrad();
+
+    await savePretrained(model, join(out, 'my-model'), { dtype: 'BF16' });
+    model.dispose();
+    const back = await loadPretrained(engine, join(out, 'my-model'));
+    t.is(back.config.modelType, 'llama');
+    back.dispose();
+
+    const tiny = await Model.create(engine, {
+      modelType: 'llama',
+      vocabSize: 512,
+      dModel: 64,
+      nLayers: 4,
+      nHeads: 8,
+      nKvHeads: 4,
+      dFF: 172,
+      maxSeqLen: 256,
+    });
+    await tiny.initWeights(42);
+    t.is(tiny.config.headDim, 8);
+    tiny.dispose();
+  } finally {
+    engine.dispose();
+    rmSync(out, { recursive: true, force: true });
+  }
+});
