@@ -12,6 +12,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { QuietstarError } from './errors.js';
+import type { ModelConfig } from './model/config.js';
 
 /** Tensor element types. bf16 and f16 are storage formats (convert to f32 to compute). */
 export type DType = 'f32' | 'f64' | 'bf16' | 'f16' | 'i32' | 'u8';
@@ -54,25 +55,11 @@ export interface NativeParameters {
   dispose(): void;
 }
 
-/** The native model configuration: lib/model/config.ts's ModelConfig (extra fields are ignored). */
-export interface NativeModelConfig {
-  modelType: string;
-  vocabSize: number;
-  dModel: number;
-  nLayers: number;
-  nHeads: number;
-  nKvHeads: number;
-  headDim: number;
-  dFF: number;
-  maxSeqLen: number;
-  normEps: number;
-  ropeTheta: number;
-  tieEmbeddings: boolean;
-  qkvBias: boolean;
-  oBias: boolean;
-  mlpBias: boolean;
-  slidingWindow: number;
-}
+/**
+ * The configuration the native core reads: lib/model/config.ts's ModelConfig without the token
+ * ids, with any string for modelType (the core names an unknown one); extra fields are ignored.
+ */
+export type NativeModelConfig = Omit<ModelConfig, 'modelType' | 'bosTokenId' | 'eosTokenId' | 'padTokenId'> & { modelType: string };
 
 /** A transformer over a NativeParameters (native/addon/model_wrap.h). Arrays are copied at the call. */
 export interface NativeModel {

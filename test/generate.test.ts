@@ -18,6 +18,7 @@ import { Model, QuietstarError, type ModelConfigInput } from '../lib/index.js';
 import { loadTokenizer } from '../lib/tokenizer/index.js';
 import { dataPath, missingData } from '../lib/util/data-path.js';
 import { assertClose, cpuEngine, rng } from './support/engine.js';
+import { randomIds, randomizeParams } from './support/model.js';
 
 const STORIES = ['models', 'stories260K-hf'];
 const TOK512 = ['models', 'stories260K-llama2c', 'tok512.bin'];
@@ -59,22 +60,11 @@ const LLAMA: ModelConfigInput = {
  */
 async function randomModel(engine: ReturnType<typeof cpuEngine>, config: ModelConfigInput, seed: number): Promise<Model> {
   const model = await Model.create(engine, config, { optimizer: false });
-  const flat = model.params.buffer('params');
-  const values = new Float32Array(flat.size);
-  const r = rng(seed);
-  for (const e of model.params.entries) {
-    const scale = e.name === 'transformer.wpe.weight' ? 2 : 0.5;
-    for (let i = 0; i < e.numel; i++) values[e.offset + i] = (r() * 2 - 1) * scale;
-  }
-  using src = engine.tensor(values, [flat.size]);
-  await engine.ops.copy({ src, dst: flat });
+  await randomizeParams(model, seed, (name) => (name === 'transformer.wpe.weight' ? 2 : 0.5));
   return model;
 }
 
-function randomPrompt(n: number, vocab: number, seed: number): number[] {
-  const r = rng(seed);
-  return Array.from({ length: n }, () => Math.floor(r() * vocab));
-}
+const randomPrompt = (n: number, vocab: number, seed: number): number[] => Array.from(randomIds(n, vocab, seed));
 
 // ---- stories260K golden ---------------------------------------------------------------------
 

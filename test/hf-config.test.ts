@@ -2,19 +2,24 @@
  * config.json <-> ModelConfig: each model_type's fields and transformers' defaults, the values
  * the native core cannot honour (named errors), and the round trip through modelConfigToHF.
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { promises as fsp } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { QuietstarError } from '../lib/errors.js';
+import { QuietstarError, type ErrorCode } from '../lib/errors.js';
 import { generationConfigToHF, modelConfigFromHF, modelConfigToHF, readModelConfig } from '../lib/hf/config.js';
-import { createModelConfig, type ModelConfig } from '../lib/model/config.js';
+import { createModelConfig, type ModelConfig, type ModelConfigInput, type ModelType } from '../lib/model/config.js';
 import { dataPath, missingData } from '../lib/util/data-path.js';
 
-function badConfig(t: import('ava').ExecutionContext, json: unknown, message: RegExp): void {
-  const err = t.throws(() => modelConfigFromHF(json, 'dir/config.json'), { instanceOf: QuietstarError, message });
-  t.is(err?.code, 'BAD_FILE');
+function throwsCode(t: ExecutionContext, fn: () => unknown, code: ErrorCode, message: RegExp): QuietstarError | undefined {
+  const err = t.throws(fn, { instanceOf: QuietstarError, message });
+  t.is(err?.code, code);
+  return err;
+}
+
+function badConfig(t: ExecutionContext, json: unknown, message: RegExp): void {
+  const err = throwsCode(t, () => modelConfigFromHF(json, 'dir/config.json'), 'BAD_FILE', message);
   t.true(err!.message.startsWith('dir/config.json: '), err!.message);
 }
 
@@ -31,6 +36,8 @@ const llama = {
   rms_norm_eps: 1e-5,
   rope_theta: 500000,
 };
+// What LlamaConfig gives when config.json leaves these out: no biases, no window, BOS 1, EOS 2.
+const LLAMA_DEFAULTS = { qkvBias: false, oBias: false, mlpBias: false, slidingWindow: 0, bosTokenId: 1, eosTokenId: 2 };
 
 test('gpt2: fields, defaults (n_inner 4·n_embd, tied, eps, bos/eos 50256 only when in the vocabulary)', (t) => {
   const c = modelConfigFromHF(gpt2);
@@ -87,12 +94,7 @@ test('llama: fields, GQA, head_dim default, untied by default, bos 1 / eos 2 def
     normEps: 1e-5,
     ropeTheta: 500000,
     tieEmbeddings: false,
-    qkvBias: false,
-    oBias: false,
-    mlpBias: false,
-    slidingWindow: 0,
-    bosTokenId: 1,
-    eosTokenId: 2,
+    ...LLAMA_DEFAULTS,
   });
   t.like(modelConfigFromHF({ ...llama, attention_bias: true, mlp_bias: true, head_dim: 16, tie_word_embeddings: true }), {
     qkvBias: true,
@@ -150,40 +152,39 @@ test('qwen2: q/k/v biases; a window only with use_sliding_window on every layer'
   t.is(modelConfigFromHF({ ...q, layer_types: ['sliding_attention', 'sliding_attention'] }).slidingWindow, 64);
 });
 
-const tiny = { vocabSize: 50, dModel: 8, nLayers: 1, nHeads: 2 };
+/** A small valid configuration of `modelType`, with `extra` fields on top. */
+const tiny = (modelType: ModelType, extra: Partial<ModelConfigInput> = {}): ModelConfig =>
+  createModelConfig({ modelType, vocabSize: 50, dModel: 8, nLayers: 1, nHeads: 2, ...extra });
 const roundTrip = (c: ModelConfig): ModelConfig => modelConfigFromHF(JSON.parse(JSON.stringify(modelConfigToHF(c))));
 
 test('modelConfigToHF -> modelConfigFromHF is the identity for every model type', (t) => {
   const configs: ModelConfig[] = [
-    createModelConfig({ ...tiny, modelType: 'gpt2', dFF: 20, maxSeqLen: 64, tieEmbeddings: false, bosTokenId: 3, eosTokenId: 4 }),
-    createModelConfig({ ...tiny, modelType: 'llama', nLayers: 3, nKvHeads: 1, headDim: 6, dFF: 20, qkvBias: true, oBias: true, mlpBias: true, normEps: 1e-6 }),
-    createModelConfig({ modelType: 'mistral', vocabSize: 50, dModel: 8, nLayers: 1, nHeads: 2, slidingWindow: 7, eosTokenId: [1, 2], padTokenId: 0 }),
-    createModelConfig({ modelType: 'mistral', vocabSize: 50, dModel: 8, nLayers: 1, nHeads: 2 }),
-    createModelConfig({ modelType: 'qwen2', vocabSize: 50, dModel: 8, nLayers: 2, nHeads: 2, slidingWindow: 5, tieEmbeddings: true }),
-    createModelConfig({ modelType: 'qwen2', vocabSize: 50, dModel: 8, nLayers: 2, nHeads: 2, eosTokenId: 7 }),
+    tiny('gpt2', { dFF: 20, maxSeqLen: 64, tieEmbeddings: false, bosTokenId: 3, eosTokenId: 4 }),
+    tiny('llama', { nLayers: 3, nKvHeads: 1, headDim: 6, dFF: 20, qkvBias: true, oBias: true, mlpBias: true, normEps: 1e-6 }),
+    tiny('mistral', { slidingWindow: 7, eosTokenId: [1, 2], padTokenId: 0 }),
+    tiny('mistral'),
+    tiny('qwen2', { nLayers: 2, slidingWindow: 5, tieEmbeddings: true }),
+    tiny('qwen2', { nLayers: 2, eosTokenId: 7 }),
   ];
   for (const c of configs) t.deepEqual(roundTrip(c), c, c.modelType);
 });
 
 test('modelConfigToHF: the fields transformers reads, and combinations it cannot express', (t) => {
-  const g = modelConfigToHF(createModelConfig({ modelType: 'gpt2', vocabSize: 50, dModel: 8, nLayers: 1, nHeads: 2 }), { torchDtype: 'bfloat16' });
+  const g = modelConfigToHF(tiny('gpt2'), { torchDtype: 'bfloat16' });
   t.like(g, { architectures: ['GPT2LMHeadModel'], model_type: 'gpt2', n_embd: 8, n_inner: 32, activation_function: 'gelu_new', torch_dtype: 'bfloat16' });
-  const l = modelConfigToHF(createModelConfig({ modelType: 'llama', vocabSize: 50, dModel: 8, nLayers: 1, nHeads: 2 }));
+  const l = modelConfigToHF(tiny('llama'));
   t.like(l, { architectures: ['LlamaForCausalLM'], hidden_act: 'silu', rope_scaling: null, attention_bias: false, torch_dtype: 'float32' });
-  t.like(modelConfigToHF(createModelConfig({ modelType: 'qwen2', vocabSize: 50, dModel: 8, nLayers: 1, nHeads: 2 })), {
+  t.like(modelConfigToHF(tiny('qwen2')), {
     architectures: ['Qwen2ForCausalLM'],
     use_sliding_window: false,
   });
-  const bad = (c: ModelConfig, message: RegExp): void => {
-    const err = t.throws(() => modelConfigToHF(c), { instanceOf: QuietstarError, message });
-    t.is(err?.code, 'INVALID_ARGUMENT');
-  };
-  bad(createModelConfig({ ...tiny, modelType: 'llama', qkvBias: true }), /config.qkvBias: Llama's attention_bias covers q, k, v and o together/);
-  bad(createModelConfig({ modelType: 'llama', vocabSize: 50, dModel: 8, nLayers: 1, nHeads: 2, slidingWindow: 4 }), /config.slidingWindow/);
-  bad(createModelConfig({ modelType: 'mistral', vocabSize: 50, dModel: 8, nLayers: 1, nHeads: 2, mlpBias: true }), /config.mlpBias: Mistral has no biases/);
-  bad(createModelConfig({ modelType: 'qwen2', vocabSize: 50, dModel: 8, nLayers: 1, nHeads: 2, qkvBias: false }), /config.qkvBias: Qwen2 always has/);
-  t.is(generationConfigToHF(createModelConfig({ modelType: 'qwen2', vocabSize: 50, dModel: 8, nLayers: 1, nHeads: 2 })), undefined);
-  t.deepEqual(generationConfigToHF(createModelConfig({ modelType: 'llama', vocabSize: 50, dModel: 8, nLayers: 1, nHeads: 2, bosTokenId: 1, eosTokenId: 2 })), {
+  const bad = (c: ModelConfig, message: RegExp): void => void throwsCode(t, () => modelConfigToHF(c), 'INVALID_ARGUMENT', message);
+  bad(tiny('llama', { qkvBias: true }), /config.qkvBias: Llama's attention_bias covers q, k, v and o together/);
+  bad(tiny('llama', { slidingWindow: 4 }), /config.slidingWindow/);
+  bad(tiny('mistral', { mlpBias: true }), /config.mlpBias: Mistral has no biases/);
+  bad(tiny('qwen2', { qkvBias: false }), /config.qkvBias: Qwen2 always has/);
+  t.is(generationConfigToHF(tiny('qwen2')), undefined);
+  t.deepEqual(generationConfigToHF(tiny('llama', { bosTokenId: 1, eosTokenId: 2 })), {
     _from_model_config: true,
     bos_token_id: 1,
     eos_token_id: 2,
@@ -219,12 +220,7 @@ for (const reason of new Set([storiesMissing, mistralMissing, gpt2Missing])) if 
     normEps: 1e-5,
     ropeTheta: 10000,
     tieEmbeddings: true,
-    qkvBias: false,
-    oBias: false,
-    mlpBias: false,
-    slidingWindow: 0,
-    bosTokenId: 1,
-    eosTokenId: 2,
+    ...LLAMA_DEFAULTS,
   });
 });
 

@@ -9,6 +9,7 @@ import test, { type ExecutionContext } from 'ava';
 import { Model, QuietstarError, createModelConfig, modelFamily, type ErrorCode, type ModelConfigInput } from '../lib/index.js';
 import { loadBinding } from '../lib/native.js';
 import { assertClose, cpuEngine, rng } from './support/engine.js';
+import { randomIds, randomizeParams } from './support/model.js';
 
 const GPT2: ModelConfigInput = { modelType: 'gpt2', vocabSize: 11, dModel: 8, nLayers: 2, nHeads: 2, maxSeqLen: 16 };
 // GQA 4:2, q/k/v biases, untied head.
@@ -42,21 +43,6 @@ const LLAMA_BIASES: ModelConfigInput = {
   ropeTheta: 500,
 };
 const MISTRAL: ModelConfigInput = { ...LLAMA, modelType: 'mistral', qkvBias: false, slidingWindow: 3 };
-
-function randomIds(n: number, vocab: number, seed: number): Int32Array {
-  const r = rng(seed);
-  return Int32Array.from({ length: n }, () => Math.floor(r() * vocab));
-}
-
-/** Overwrites every view with uniform(-scale, scale) values (padding stays 0), so biases and gains matter. */
-async function randomizeParams(model: Model, seed: number, scale = 0.5): Promise<void> {
-  const flat = model.params.buffer('params');
-  const values = model.dtype === 'f64' ? new Float64Array(flat.size) : new Float32Array(flat.size);
-  const r = rng(seed);
-  for (const e of model.params.entries) for (let i = 0; i < e.numel; i++) values[e.offset + i] = (r() * 2 - 1) * scale;
-  using src = model.engine.tensor(values, [flat.size]);
-  await model.engine.ops.copy({ src, dst: flat });
-}
 
 async function setParam(model: Model, index: number, value: number): Promise<void> {
   using src = model.engine.tensor(new Float64Array([value]), [1]);

@@ -1,9 +1,10 @@
 /**
- * What the CLI commands share: flag parsing with errors that name the flag, the engine, and
- * finding a tokenizer.
+ * What the CLI commands share: flag parsing with errors that name the flag, the engine, finding
+ * a tokenizer, and the corpus flags of the commands that read one.
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 
+import type { CorpusFormat } from '../data/corpus.js';
 import { Engine } from '../engine.js';
 import { QuietstarError } from '../errors.js';
 import { loadTokenizer, type Tokenizer } from '../tokenizer/index.js';
@@ -115,4 +116,65 @@ export function addsBos(tok: Tokenizer): boolean {
   const plain = tok.encode('a');
   const special = tok.encode('a', { addSpecialTokens: true });
   return special.length === plain.length + 1 && special[0] === tok.bosId;
+}
+
+/** Flags of the commands that read a corpus (perplexity, train-lm). */
+export const CORPUS_FLAGS = {
+  data: { type: 'string' },
+  format: { type: 'string' },
+  field: { type: 'string' },
+  separator: { type: 'string' },
+  tokenizer: { type: 'string' },
+  'seq-len': { type: 'string' },
+} as const satisfies Options;
+
+/** How --format, --field and --separator ask readCorpus to read the file. */
+export interface CorpusFlags {
+  format: 'auto' | CorpusFormat;
+  field?: string[];
+  documentSeparator?: string;
+}
+
+function parseFormat(v: string | undefined): 'auto' | CorpusFormat {
+  if (v === undefined) return 'auto';
+  if (!['text', 'jsonl', 'ids'].includes(v)) throw new UsageError(`--format must be text, jsonl or ids (got '${v}')`);
+  return v as CorpusFormat;
+}
+
+function parseField(v: string | undefined): string[] | undefined {
+  if (v === undefined) return undefined;
+  const fields = v.split(',').map((s) => s.trim());
+  if (fields.some((f) => f === '')) throw new UsageError(`--field must be a name or names separated by commas (got '${v}')`);
+  return fields;
+}
+
+/** The corpus flags, validated (UsageErrors name --format or --field). */
+export function corpusFlags(values: FlagValues): CorpusFlags {
+  const out: CorpusFlags = { format: parseFormat(str(values, 'format')) };
+  const field = parseField(str(values, 'field'));
+  if (field) out.field = field;
+  const separator = str(values, 'separator');
+  if (separator !== undefined) out.documentSeparator = separator;
+  return out;
+}
+
+/** --seq-len, else the model's maxSeqLen capped at `cap`; a --seq-len beyond maxSeqLen is a UsageError. */
+export function seqLenFor(flag: number, maxSeqLen: number, cap: number): number {
+  const seqLen = flag || Math.min(maxSeqLen, cap);
+  if (seqLen > maxSeqLen) throw new UsageError(`--seq-len ${seqLen} exceeds the model's maxSeqLen ${maxSeqLen}`);
+  return seqLen;
+}
+
+/**
+ * A catch handler for reading a corpus: its "needs a tokenizer" error (text data and no
+ * tokenizer) becomes a UsageError that says which flag gives one; `where` names the folder
+ * searched, if any.
+ */
+export function tokenizerHint(tok: Tokenizer | undefined, where?: string): (err: unknown) => never {
+  return (err) => {
+    if (!tok && err instanceof Error && /tokenizer/i.test(err.message)) {
+      throw new UsageError(`${err.message} (no tokenizer found${where !== undefined ? ` in ${where}` : ''}: pass --tokenizer FILE)`);
+    }
+    throw err;
+  };
 }

@@ -7,11 +7,26 @@
  * cross documents. Text is tokenised as the tokenizer does for a single sequence (BOS in front
  * for Llama-style tokenizers, nothing for GPT-2), without EOS.
  */
-import { readCorpus, type CorpusFormat } from '../data/corpus.js';
+import { readCorpus } from '../data/corpus.js';
 import { LmDataset } from '../data/dataset.js';
 import { loadPretrained } from '../hf/checkpoint.js';
 import { evaluateLm } from '../train/eval.js';
-import { ENGINE_FLAGS, ENGINE_HELP, UsageError, addsBos, findTokenizer, int, openEngine, parseFlags, required, str } from './common.js';
+import {
+  CORPUS_FLAGS,
+  ENGINE_FLAGS,
+  ENGINE_HELP,
+  UsageError,
+  addsBos,
+  corpusFlags,
+  findTokenizer,
+  int,
+  openEngine,
+  parseFlags,
+  required,
+  seqLenFor,
+  str,
+  tokenizerHint,
+} from './common.js';
 
 export const PERPLEXITY_HELP = `usage: quietstar perplexity --model DIR --data FILE [options]
 
@@ -33,29 +48,11 @@ ${ENGINE_HELP}
 
 const FLAGS = {
   ...ENGINE_FLAGS,
+  ...CORPUS_FLAGS,
   model: { type: 'string' },
-  data: { type: 'string' },
-  format: { type: 'string' },
-  field: { type: 'string' },
-  separator: { type: 'string' },
-  tokenizer: { type: 'string' },
-  'seq-len': { type: 'string' },
   'batch-size': { type: 'string' },
   json: { type: 'boolean' },
 } as const;
-
-export function parseFormat(v: string | undefined): 'auto' | CorpusFormat {
-  if (v === undefined) return 'auto';
-  if (!['text', 'jsonl', 'ids'].includes(v)) throw new UsageError(`--format must be text, jsonl or ids (got '${v}')`);
-  return v as CorpusFormat;
-}
-
-export function parseField(v: string | undefined): string[] | undefined {
-  if (v === undefined) return undefined;
-  const fields = v.split(',').map((s) => s.trim());
-  if (fields.some((f) => f === '')) throw new UsageError(`--field must be a name or names separated by commas (got '${v}')`);
-  return fields;
-}
 
 export async function perplexityCommand(argv: string[]): Promise<number> {
   const values = parseFlags(argv, FLAGS);
@@ -65,8 +62,7 @@ export async function perplexityCommand(argv: string[]): Promise<number> {
   }
   const modelDir = required(values, 'model');
   const dataFile = required(values, 'data');
-  const format = parseFormat(str(values, 'format'));
-  const field = parseField(str(values, 'field'));
+  const corpusOptions = corpusFlags(values);
   const batchSize = int(values, 'batch-size', 8, 1);
   const seqLenFlag = int(values, 'seq-len', 0, 1);
 
@@ -74,25 +70,15 @@ export async function perplexityCommand(argv: string[]): Promise<number> {
   using engine = openEngine(values);
   using model = await loadPretrained(engine, modelDir, { optimizer: false });
   const V = model.config.vocabSize;
-  const seqLen = seqLenFlag || Math.min(model.config.maxSeqLen, 1024);
-  if (seqLen > model.config.maxSeqLen) throw new UsageError(`--seq-len ${seqLen} exceeds the model's maxSeqLen ${model.config.maxSeqLen}`);
+  const seqLen = seqLenFor(seqLenFlag, model.config.maxSeqLen, 1024);
 
-  const separator = str(values, 'separator');
   const corpus = await readCorpus(dataFile, {
-    format,
+    ...corpusOptions,
     ...(tok ? { tokenizer: tok } : {}),
     vocabSize: V,
-    ...(field ? { field } : {}),
-    ...(separator !== undefined ? { documentSeparator: separator } : {}),
     addEos: false,
     addBos: tok !== undefined && addsBos(tok),
-  }).catch((err: unknown) => {
-    // readCorpus says a text corpus needs a tokenizer; say which flag gives one
-    if (!tok && err instanceof Error && /tokenizer/i.test(err.message)) {
-      throw new UsageError(`${err.message} (no tokenizer found in ${modelDir}: pass --tokenizer FILE)`);
-    }
-    throw err;
-  });
+  }).catch(tokenizerHint(tok, modelDir));
   const dataset = LmDataset.fromCorpus(corpus, { seqLen, layout: 'chunk', padId: 0 });
   if (dataset.rows === 0) throw new UsageError(`--data ${dataFile}: no document has two or more tokens, nothing to score`);
   const { loss, tokens, perplexity } = await evaluateLm(model, dataset, { batchSize, maxBatches: 0 });

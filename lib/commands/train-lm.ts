@@ -18,8 +18,23 @@ import { createModelConfig, type ModelConfigInput } from '../model/config.js';
 import { Model } from '../model/model.js';
 import { resolveCheckpointDir } from '../train/checkpoint.js';
 import { METRICS_FILE, trainLm, type TrainLmConfig, type TrainLmMetrics } from '../train/index.js';
-import { ENGINE_FLAGS, ENGINE_HELP, UsageError, findTokenizer, int, num, openEngine, parseFlags, required, str, type FlagValues } from './common.js';
-import { parseField, parseFormat } from './perplexity.js';
+import {
+  CORPUS_FLAGS,
+  ENGINE_FLAGS,
+  ENGINE_HELP,
+  UsageError,
+  corpusFlags,
+  findTokenizer,
+  int,
+  num,
+  openEngine,
+  parseFlags,
+  required,
+  seqLenFor,
+  str,
+  tokenizerHint,
+  type FlagValues,
+} from './common.js';
 
 export const TRAIN_LM_HELP = `usage: quietstar train-lm (--model DIR | --config FILE | --resume DIR) --data FILE --out DIR [options]
 
@@ -67,15 +82,10 @@ Ctrl-C stops after the current step, writes a checkpoint and saves the model.
 
 const FLAGS = {
   ...ENGINE_FLAGS,
+  ...CORPUS_FLAGS,
   model: { type: 'string' },
   config: { type: 'string' },
   resume: { type: 'string' },
-  data: { type: 'string' },
-  format: { type: 'string' },
-  field: { type: 'string' },
-  separator: { type: 'string' },
-  tokenizer: { type: 'string' },
-  'seq-len': { type: 'string' },
   'eval-data': { type: 'string' },
   'eval-fraction': { type: 'string' },
   'eval-every': { type: 'string' },
@@ -174,9 +184,7 @@ export async function trainLmCommand(argv: string[]): Promise<number> {
   }
   const dataFile = required(values, 'data');
   const outDir = required(values, 'out');
-  const format = parseFormat(str(values, 'format'));
-  const field = parseField(str(values, 'field'));
-  const separator = str(values, 'separator');
+  const corpusOptions = corpusFlags(values);
   const evalFile = str(values, 'eval-data');
   const evalFraction = num(values, 'eval-fraction', 0, (x) => x >= 0 && x < 1, 'a number in [0, 1)');
   if (evalFile !== undefined && evalFraction > 0) throw new UsageError('give only one of --eval-data and --eval-fraction');
@@ -217,25 +225,17 @@ export async function trainLmCommand(argv: string[]): Promise<number> {
   const tokPath = str(values, 'tokenizer');
   const tok = await findTokenizer(tokPath, dir);
   const tokFiles = tokPath !== undefined ? await tokenizerFiles(tokPath) : tok && dir !== undefined ? await tokenizerFiles(dir) : [];
-  const seqLen = seqLenFlag || Math.min(model.config.maxSeqLen, 256);
-  if (seqLen > model.config.maxSeqLen) throw new UsageError(`--seq-len ${seqLen} exceeds the model's maxSeqLen ${model.config.maxSeqLen}`);
+  const seqLen = seqLenFor(seqLenFlag, model.config.maxSeqLen, 256);
 
   const data = await loadLmData({
     file: dataFile,
     seqLen,
-    format,
+    ...corpusOptions,
     ...(tok ? { tokenizer: tok } : {}),
     vocabSize: model.config.vocabSize,
-    ...(field ? { field } : {}),
-    ...(separator !== undefined ? { documentSeparator: separator } : {}),
     ...(evalFile !== undefined ? { evalFile } : {}),
     evalFraction,
-  }).catch((err: unknown) => {
-    if (!tok && err instanceof Error && /tokenizer/i.test(err.message)) {
-      throw new UsageError(`${err.message} (no tokenizer found: pass --tokenizer FILE)`);
-    }
-    throw err;
-  });
+  }).catch(tokenizerHint(tok));
   if (data.train.rows === 0) throw new UsageError(`--data ${dataFile}: too short for one row of --seq-len ${seqLen} tokens`);
   config.maxSteps = stepsFlag || Math.max(1, Math.ceil(data.train.rows / (batchSize * gradAccumulation)));
 

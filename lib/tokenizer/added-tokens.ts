@@ -51,4 +51,19 @@ export class AddedTokens {
     if (plainStart < text.length) out.push({ text: text.slice(plainStart), start: plainStart });
     return out;
   }
+
+  /**
+   * Token ids of `text`: `bosId` first when given, each added token as its id, and the plain
+   * text between them through the tokenizer's own `plain` (`atStart`: the piece opens the text).
+   */
+  encode(text: string, bosId: number | undefined, plain: (text: string, atStart: boolean) => Iterable<number>): number[] {
+    const ids: number[] = [];
+    if (bosId !== undefined) ids.push(bosId);
+    for (const seg of this.split(text)) {
+      if (seg.id !== undefined) ids.push(seg.id);
+      // A loop, not push(...spread): a long text would overflow the call stack.
+      else for (const id of plain(seg.text, seg.start === 0)) ids.push(id);
+    }
+    return ids;
+  }
 }

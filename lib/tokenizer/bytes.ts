@@ -52,13 +52,7 @@ class ByteTokenizer implements Tokenizer {
 
   encode(text: string, options: EncodeOptions = {}): number[] {
     checkText(text);
-    const ids: number[] = [];
-    if (options.addSpecialTokens && this.bosId !== undefined) ids.push(this.bosId);
-    for (const seg of this.added.split(text)) {
-      if (seg.id !== undefined) ids.push(seg.id);
-      else for (const b of utf8.encode(seg.text)) ids.push(b);
-    }
-    return ids;
+    return this.added.encode(text, options.addSpecialTokens ? this.bosId : undefined, (plain) => utf8.encode(plain));
   }
 
   decode(ids: readonly number[], options: DecodeOptions = {}): string {

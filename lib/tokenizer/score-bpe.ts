@@ -142,14 +142,7 @@ export class ScoreBpeTokenizer implements Tokenizer {
 
   encode(text: string, options: EncodeOptions = {}): number[] {
     checkText(text);
-    const ids: number[] = [];
-    if (options.addSpecialTokens && this.bosId !== undefined) ids.push(this.bosId);
-    for (const seg of this.added.split(text)) {
-      if (seg.id !== undefined) ids.push(seg.id);
-      // A loop, not push(...spread): a long text would overflow the call stack.
-      else for (const id of this.encodePlain(seg.text, seg.start === 0)) ids.push(id);
-    }
-    return ids;
+    return this.added.encode(text, options.addSpecialTokens ? this.bosId : undefined, (plain, atStart) => this.encodePlain(plain, atStart));
   }
 
   /** run.c's encode on text without special tokens. `atStart`: the text begins the sequence. */

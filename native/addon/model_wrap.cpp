@@ -111,6 +111,24 @@ static Status to_tensor(Engine& e, const HostArray& h, Tensor* out) {
 
 static int dim_arg(const Napi::Value& v, const std::string& what) { return (int)get_int(v, what, 1, INT_MAX); }
 
+// The (ids, targets, B, T) arguments of forward() and tokenLosses(), copied on the JS thread.
+struct HostBatch {
+  std::shared_ptr<HostArray> ids, targets;
+};
+
+static HostBatch batch_args(const Napi::CallbackInfo& info) {
+  int B = dim_arg(info[2], "batch.B"), T = dim_arg(info[3], "batch.T");
+  Shape shape{B, T};
+  return {std::make_shared<HostArray>(host_array(info[0], DType::I32, shape, "batch.ids")),
+          std::make_shared<HostArray>(host_array(info[1], DType::I32, shape, "batch.targets"))};
+}
+
+// Compute thread: the batch as tensors.
+static Status batch_tensors(Engine& e, const HostBatch& b, Tensor* ids, Tensor* targets) {
+  QS_RETURN_IF_ERROR(to_tensor(e, *b.ids, ids));
+  return to_tensor(e, *b.targets, targets);
+}
+
 // ---------------------------------------------------------------------------------------------
 // free function and construction
 
@@ -223,19 +241,15 @@ Napi::Value ModelWrap::InitWeights(const Napi::CallbackInfo& info) {
 Napi::Value ModelWrap::Forward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   check(env);
-  int B = dim_arg(info[2], "batch.B"), T = dim_arg(info[3], "batch.T");
-  Shape shape{B, T};
-  auto ids = std::make_shared<HostArray>(host_array(info[0], DType::I32, shape, "batch.ids"));
-  auto targets = std::make_shared<HostArray>(host_array(info[1], DType::I32, shape, "batch.targets"));
+  HostBatch batch = batch_args(info);
   struct Result { double loss = 0; int64_t count = 0; };
   auto r = std::make_shared<Result>();
   qs::Engine* e = engine_->engine();
   return enqueue(
       env,
-      [e, ids, targets, r](Model& m) -> Status {
+      [e, batch, r](Model& m) -> Status {
         Tensor ti, tt;
-        QS_RETURN_IF_ERROR(to_tensor(*e, *ids, &ti));
-        QS_RETURN_IF_ERROR(to_tensor(*e, *targets, &tt));
+        QS_RETURN_IF_ERROR(batch_tensors(*e, batch, &ti, &tt));
         return m.forward(ti, tt, &r->loss, &r->count);
       },
       [r](Napi::Env env, ModelWrap&) -> Napi::Value {
@@ -259,18 +273,14 @@ Napi::Value ModelWrap::Backward(const Napi::CallbackInfo& info) {
 Napi::Value ModelWrap::TokenLosses(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   check(env);
-  int B = dim_arg(info[2], "batch.B"), T = dim_arg(info[3], "batch.T");
-  Shape shape{B, T};
-  auto ids = std::make_shared<HostArray>(host_array(info[0], DType::I32, shape, "batch.ids"));
-  auto targets = std::make_shared<HostArray>(host_array(info[1], DType::I32, shape, "batch.targets"));
+  HostBatch batch = batch_args(info);
   auto out = std::make_shared<std::vector<float>>();
   qs::Engine* e = engine_->engine();
   return enqueue(
       env,
-      [e, ids, targets, out](Model& m) -> Status {
+      [e, batch, out](Model& m) -> Status {
         Tensor ti, tt, losses;
-        QS_RETURN_IF_ERROR(to_tensor(*e, *ids, &ti));
-        QS_RETURN_IF_ERROR(to_tensor(*e, *targets, &tt));
+        QS_RETURN_IF_ERROR(batch_tensors(*e, batch, &ti, &tt));
         QS_RETURN_IF_ERROR(m.token_losses(ti, tt, &losses));
         size_t n = (size_t)losses.numel();
         out->resize(n);

@@ -86,6 +86,17 @@ struct Model::Impl {
 
   // Makes `mem` at least `bytes` long (reallocating only when it is too small).
   Status ensure(Tensor& mem, size_t bytes);
+  // Lays buffers out in `mem`: carve(Carver&) runs once to measure them, `mem` grows to fit
+  // (ensure), and carve runs again on `mem` to place them.
+  template <typename F>
+  Status carve_into(Tensor& mem, F carve) {
+    Carver measure;
+    carve(measure);
+    QS_RETURN_IF_ERROR(ensure(mem, measure.used));
+    Carver cv{static_cast<char*>(mem.raw())};
+    carve(cv);
+    return Status::Ok();
+  }
 
   // The passes, for T = float or double (the params' dtype); model_run.cpp.
   template <typename T>

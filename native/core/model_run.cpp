@@ -80,6 +80,18 @@ void carve_infer(Carver& cv, const ModelConfig& c, int B, int T_, InferBuffers<T
   b.lse = cv.take<float>(N);
 }
 
+// Logits (B, V) of each row's last position of x (B, T, D): only those rows go through the
+// final norm and the head.
+template <typename T>
+void last_logits(const ModelConfig& c, const cpu::ModelWeights<T>& w, InferBuffers<T>& ib, const T* x, int B, int T_,
+                 T* out) {
+  const int D = c.d_model;
+  for (int b = 0; b < B; b++)
+    std::memcpy(ib.last + (int64_t)b * D, x + ((int64_t)b * T_ + T_ - 1) * D, sizeof(T) * (size_t)D);
+  cpu::final_norm_forward(c, w, ib.hf, ib.mean, ib.rstd, ib.last, B);
+  cpu::head_logits(c, w, out, ib.hf, B);
+}
+
 // pos (B·T) = 0..T-1 in every row
 void fill_positions(std::vector<int32_t>& pos, int B, int T_) {
   pos.resize((size_t)B * T_);
@@ -113,11 +125,7 @@ Status Model::Impl::forward(const ModelConfig& c, ParamSet& p, const Tensor& ids
   has_forward = false;
   const int B_ = (int)ids_t.dim(0), T_ = (int)ids_t.dim(1), N = B_ * T_, D = c.d_model;
   TrainBuffers<T>& tb = train<T>();
-  Carver measure;
-  carve_train(measure, c, B_, T_, tb, logits_budget);
-  QS_RETURN_IF_ERROR(ensure(train_mem, measure.used));
-  Carver cv{static_cast<char*>(train_mem.raw())};
-  carve_train(cv, c, B_, T_, tb, logits_budget);
+  QS_RETURN_IF_ERROR(carve_into(train_mem, [&](Carver& cv) { carve_train(cv, c, B_, T_, tb, logits_budget); }));
   tB = B_, tT = T_;
   ids.assign(ids_t.data<int32_t>(), ids_t.data<int32_t>() + N);
   targets.assign(targets_t.data<int32_t>(), targets_t.data<int32_t>() + N);
@@ -194,11 +202,7 @@ Status Model::Impl::backward(const ModelConfig& c, ParamSet& p, double loss_scal
 template <typename T>
 Status Model::Impl::infer_layers(const ModelConfig& c, ParamSet& p, const int32_t* ids_p, int B_, int T_, const T** x_out) {
   InferBuffers<T>& ib = infer<T>();
-  Carver measure;
-  carve_infer(measure, c, B_, T_, ib);
-  QS_RETURN_IF_ERROR(ensure(infer_mem, measure.used));
-  Carver cv{static_cast<char*>(infer_mem.raw())};
-  carve_infer(cv, c, B_, T_, ib);
+  QS_RETURN_IF_ERROR(carve_into(infer_mem, [&](Carver& cv) { carve_infer(cv, c, B_, T_, ib); }));
   std::vector<int32_t> ipos;
   fill_positions(ipos, B_, T_);
   const int N = B_ * T_;
@@ -237,7 +241,7 @@ Status Model::Impl::token_losses(const ModelConfig& c, ParamSet& p, const Tensor
 template <typename T>
 Status Model::Impl::logits(const ModelConfig& c, ParamSet& p, const Tensor& ids_t, bool last_only, Tensor* out_t) {
   QS_RETURN_IF_ERROR(check_batch(c, *engine, "Model.logits", ids_t, nullptr));
-  const int B_ = (int)ids_t.dim(0), T_ = (int)ids_t.dim(1), N = B_ * T_, D = c.d_model;
+  const int B_ = (int)ids_t.dim(0), T_ = (int)ids_t.dim(1), N = B_ * T_;
   Tensor out;
   Shape shape = last_only ? Shape{B_, c.vocab_size} : Shape{B_, T_, c.vocab_size};
   QS_RETURN_IF_ERROR(engine->empty(p.params().dtype(), shape, &out));
@@ -245,11 +249,8 @@ Status Model::Impl::logits(const ModelConfig& c, ParamSet& p, const Tensor& ids_
   QS_RETURN_IF_ERROR(infer_layers<T>(c, p, ids_t.data<int32_t>(), B_, T_, &x));
   InferBuffers<T>& ib = infer<T>();
   const cpu::ModelWeights<T> w = cpu::bind_weights<T>(c, p.layout(), p.params().data<T>());
-  if (last_only) {  // only the last position of each row goes through the final norm and the head
-    for (int b = 0; b < B_; b++)
-      std::memcpy(ib.last + (int64_t)b * D, x + ((int64_t)b * T_ + T_ - 1) * D, sizeof(T) * (size_t)D);
-    cpu::final_norm_forward(c, w, ib.hf, ib.mean, ib.rstd, ib.last, B_);
-    cpu::head_logits(c, w, out.data<T>(), ib.hf, B_);
+  if (last_only) {
+    last_logits(c, w, ib, x, B_, T_, out.data<T>());
   } else {
     cpu::final_norm_forward(c, w, ib.hf, ib.mean, ib.rstd, x, N);
     cpu::head_logits(c, w, out.data<T>(), ib.hf, N);
@@ -306,16 +307,12 @@ Status Model::Impl::decode(const ModelConfig& c, ParamSet& p, const Tensor& ids_
                      valid_t.dim(0) == B_ && valid_t.dim(1) == n,
                  "%s: 'valid' must be a u8 tensor of shape [%d, %d] (got %s)", what, B_, n, valid_t.describe().c_str());
   }
-  const int N = B_ * n, D = c.d_model, KV = c.n_kv_heads * c.head_dim;
+  const int N = B_ * n, KV = c.n_kv_heads * c.head_dim;
   Tensor out;
   QS_RETURN_IF_ERROR(engine->empty(p.params().dtype(), {B_, c.vocab_size}, &out));
 
   InferBuffers<T>& ib = infer<T>();
-  Carver measure;
-  carve_infer(measure, c, B_, n, ib);
-  QS_RETURN_IF_ERROR(ensure(infer_mem, measure.used));
-  Carver cv{static_cast<char*>(infer_mem.raw())};
-  carve_infer(cv, c, B_, n, ib);
+  QS_RETURN_IF_ERROR(carve_into(infer_mem, [&](Carver& cv) { carve_infer(cv, c, B_, n, ib); }));
 
   const int32_t* ids_p = ids_t.data<int32_t>();
   const int32_t* pos_p = pos_t.data<int32_t>();
@@ -347,10 +344,7 @@ Status Model::Impl::decode(const ModelConfig& c, ParamSet& p, const Tensor& ids_
     x = ib.a.out;
   }
   cache_len += n;
-  for (int b = 0; b < B_; b++)
-    std::memcpy(ib.last + (int64_t)b * D, x + ((int64_t)b * n + n - 1) * D, sizeof(T) * (size_t)D);
-  cpu::final_norm_forward(c, w, ib.hf, ib.mean, ib.rstd, ib.last, B_);
-  cpu::head_logits(c, w, out.data<T>(), ib.hf, B_);
+  last_logits(c, w, ib, x, B_, n, out.data<T>());
   *out_t = out;
   return Status::Ok();
 }

@@ -569,14 +569,6 @@ struct Scratch {
   }
 };
 
-inline int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
 template <typename T>
 Args<T> make_args(const T* q, const T* k, const T* v, const int32_t* q_pos, const int32_t* k_pos,
                   const uint8_t* k_valid, const AttentionShape& s, T scale) {
@@ -609,12 +601,7 @@ Args<T> make_args(const T* q, const T* k, const T* v, const int32_t* q_pos, cons
 template <typename T>
 void attention_forward(T* out, float* lse, const T* q, const T* k, const T* v, const int32_t* q_pos,
                        const int32_t* k_pos, const uint8_t* k_valid, const AttentionShape& s, T scale) {
-  if (s.B <= 0 || s.Tq <= 0 || s.H <= 0 || s.d <= 0) return;
-  if (s.Tk <= 0 || s.Hkv <= 0) {  // nothing to attend to
-    std::fill(out, out + (int64_t)s.B * s.Tq * s.H * s.d, T(0));
-    std::fill(lse, lse + (int64_t)s.B * s.H * s.Tq, -std::numeric_limits<float>::infinity());
-    return;
-  }
+  if (attention_forward_trivial(out, lse, s)) return;
   Args<T> a = make_args(q, k, v, q_pos, k_pos, k_valid, s, scale);
   a.out = out;
   a.lse = lse;

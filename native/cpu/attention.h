@@ -13,7 +13,9 @@
 // A query with no visible key outputs zeros and lse = -inf (its gradient is zero).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <limits>
 
 namespace qs::cpu {
 
@@ -33,5 +35,17 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, const T*
                         const T* out, const float* lse, const int32_t* q_pos,
                         const int32_t* k_pos, const uint8_t* k_valid, const AttentionShape& s,
                         T scale);
+
+// The forwards' common start (this kernel's and attention_gemm.h's): true when the call is
+// already done, either nothing to compute or no key to attend to, where every query sees no
+// key (out = 0, lse = -inf).
+template <typename T>
+inline bool attention_forward_trivial(T* out, float* lse, const AttentionShape& s) {
+  if (s.B <= 0 || s.Tq <= 0 || s.H <= 0 || s.d <= 0) return true;
+  if (s.Tk > 0 && s.Hkv > 0) return false;
+  std::fill(out, out + (int64_t)s.B * s.Tq * s.H * s.d, T(0));
+  std::fill(lse, lse + (int64_t)s.B * s.H * s.Tq, -std::numeric_limits<float>::infinity());
+  return true;
+}
 
 }  // namespace qs::cpu

@@ -86,6 +86,25 @@ bool key_span(const Args<T>& a, int b, int32_t qmin, int32_t qmax, int* jlo, int
 // ---------------------------------------------------------------------------------------------
 // Row passes on VB-byte vectors
 
+// s (n, a multiple of the lane count) in place: s = e^(s - m); returns Σ s (lane-wise partial
+// sums, then added in lane order).
+template <typename T, int VB>
+QS_INLINE T exp_sum(T* s, int n, T m) {
+  typedef vec::Simd<T, VB> S;
+  typedef typename S::V V;
+  const V mv = S::splat(m);
+  V vs = V{};
+  for (int j = 0; j < n; j += S::L) {
+    V p = S::load(s + j) - mv;
+    S::exp_inplace(p);
+    S::store(s + j, p);
+    vs += p;
+  }
+  T l = 0;
+  for (int i = 0; i < S::L; i++) l += vs[i];
+  return l;
+}
+
 template <typename T, int VB>
 struct RowOps {
   typedef vec::Simd<T, VB> S;
@@ -119,17 +138,7 @@ struct RowOps {
       *l_out = 0;
       return;
     }
-    const V mv = S::splat(m);
-    V vs = V{};
-    for (int j = 0; j < n; j += L) {
-      V p = S::load(s + j) - mv;
-      S::exp_inplace(p);
-      S::store(s + j, p);
-      vs += p;
-    }
-    T l = 0;
-    for (int i = 0; i < L; i++) l += vs[i];
-    *l_out = l;
+    *l_out = exp_sum<T, VB>(s, n, m);
   }
 
   // s -> P = e^(masked - lse), dp -> dS = scale · P (dp - D)
@@ -226,14 +235,6 @@ struct ScratchSet {
   }
 };
 
-inline int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
 template <typename T>
 void query_range(const Args<T>& a, int b, int i0, int nq, int32_t* qmin, int32_t* qmax) {
   const int32_t* qp = a.q_pos + (int64_t)b * a.Tq + i0;
@@ -329,6 +330,21 @@ Args<T> make_args(const T* q, const T* k, const T* v, const int32_t* q_pos, cons
   return a;
 }
 
+// Runs task(a, fns, t, w) for t in [0, ntasks) over the thread pool, each thread with its own
+// scratch. Dynamic scheduling: blocks differ in span (later query blocks see more keys).
+template <typename T>
+void run_tasks(const Args<T>& a, int ntasks, void (*task)(const Args<T>&, const Fns<T>&, int, Work<T>&)) {
+  const Fns<T> fns = pick_fns<T>();
+  const int nthreads = get_num_threads();
+  ScratchSet<T> scratch(nthreads, a.Tk);
+#pragma omp parallel num_threads(nthreads)
+  {
+    Work<T> w = scratch.get(thread_id());
+#pragma omp for schedule(dynamic, 1)
+    for (int t = 0; t < ntasks; t++) task(a, fns, t, w);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Decoding: one (b, h) task, its Tq queries one by one. sc: (Tk padded) scores scratch.
 
@@ -379,15 +395,7 @@ QS_INLINE void decode_task(const Args<T>& a, int task, T* sc) {
     const int n = round_up(jhi - jlo + 1);
     T* sp = sc + jlo;
     for (int j = jhi - jlo + 1; j < n; j++) sp[j] = ninf;
-    V vs = V{};
-    for (int j = 0; j < n; j += L) {
-      V x = S::load(sp + j) - m;
-      S::exp_inplace(x);
-      S::store(sp + j, x);
-      vs += x;
-    }
-    T l = 0;
-    for (int t = 0; t < L; t++) l += vs[t];
+    const T l = exp_sum<T, VB>(sp, n, m);
     // out = Σ_j p_j v_j / l
     std::fill(o, o + d, T(0));
     for (int j = 0; j <= jhi - jlo; j++) {
@@ -428,12 +436,7 @@ DecodeFn<T> pick_decode() {
 template <typename T>
 void attention_decode_forward(T* out, float* lse, const T* q, const T* k, const T* v, const int32_t* q_pos,
                               const int32_t* k_pos, const uint8_t* k_valid, const AttentionShape& s, T scale) {
-  if (s.B <= 0 || s.Tq <= 0 || s.H <= 0 || s.d <= 0) return;
-  if (s.Tk <= 0 || s.Hkv <= 0) {
-    std::fill(out, out + (int64_t)s.B * s.Tq * s.H * s.d, T(0));
-    std::fill(lse, lse + (int64_t)s.B * s.H * s.Tq, -std::numeric_limits<float>::infinity());
-    return;
-  }
+  if (attention_forward_trivial(out, lse, s)) return;
   Args<T> a = make_args(q, k, v, q_pos, k_pos, k_valid, s, scale);
   a.out = out, a.lse = lse;
   const DecodeFn<T> fn = pick_decode<T>();
@@ -452,23 +455,10 @@ void attention_decode_forward(T* out, float* lse, const T* q, const T* k, const 
 template <typename T>
 void attention_gemm_forward(T* out, float* lse, const T* q, const T* k, const T* v, const int32_t* q_pos,
                             const int32_t* k_pos, const uint8_t* k_valid, const AttentionShape& s, T scale) {
-  if (s.B <= 0 || s.Tq <= 0 || s.H <= 0 || s.d <= 0) return;
-  if (s.Tk <= 0 || s.Hkv <= 0) {
-    std::fill(out, out + (int64_t)s.B * s.Tq * s.H * s.d, T(0));
-    std::fill(lse, lse + (int64_t)s.B * s.H * s.Tq, -std::numeric_limits<float>::infinity());
-    return;
-  }
+  if (attention_forward_trivial(out, lse, s)) return;
   Args<T> a = make_args(q, k, v, q_pos, k_pos, k_valid, s, scale);
   a.out = out, a.lse = lse;
-  const Fns<T> fns = pick_fns<T>();
-  const int nthreads = get_num_threads(), ntasks = s.B * s.H * a.nqb;
-  ScratchSet<T> scratch(nthreads, s.Tk);
-#pragma omp parallel num_threads(nthreads)
-  {
-    Work<T> w = scratch.get(thread_id());
-#pragma omp for schedule(dynamic, 1)
-    for (int t = 0; t < ntasks; t++) fwd_task(a, fns, t, w);
-  }
+  run_tasks<T>(a, s.B * s.H * a.nqb, fwd_task<T>);
 }
 
 template <typename T>
@@ -478,15 +468,7 @@ void attention_gemm_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, con
   if (s.B <= 0 || s.Tq <= 0 || s.Tk <= 0 || s.H <= 0 || s.Hkv <= 0 || s.d <= 0) return;
   Args<T> a = make_args(q, k, v, q_pos, k_pos, k_valid, s, scale);
   a.dq = dq, a.dk = dk, a.dv = dv, a.dout = dout, a.o = out, a.lse_in = lse;
-  const Fns<T> fns = pick_fns<T>();
-  const int nthreads = get_num_threads(), ntasks = s.B * s.Hkv;
-  ScratchSet<T> scratch(nthreads, s.Tk);
-#pragma omp parallel num_threads(nthreads)
-  {
-    Work<T> w = scratch.get(thread_id());
-#pragma omp for schedule(dynamic, 1)
-    for (int t = 0; t < ntasks; t++) bwd_task(a, fns, t, w);
-  }
+  run_tasks<T>(a, s.B * s.Hkv, bwd_task<T>);
 }
 
 template void attention_decode_forward<float>(float*, float*, const float*, const float*, const float*, const int32_t*,

@@ -172,24 +172,33 @@ const T* block_rows(const T* h, const int* idx, int rb, int C, T* hb, bool& cont
   return hb;
 }
 
-// Z (rb, nc) = hp (rb, C) · W[v0 : v0 + nc]ᵀ
+// Z (rb, nc), rows ldz apart, = hp (rb, C) · W[v0 : v0 + nc]ᵀ
 template <typename T>
-void chunk_logits(T* Z, const T* hp, const T* W, int rb, int nc, int C, int v0) {
+void chunk_logits(T* Z, int ldz, const T* hp, const T* W, int rb, int nc, int C, int v0) {
   if (C <= 0) {
-    std::fill(Z, Z + (int64_t)rb * nc, T(0));
+    for (int r = 0; r < rb; r++) std::fill(Z + (int64_t)r * ldz, Z + (int64_t)r * ldz + nc, T(0));
     return;
   }
-  gemm<T>(false, true, rb, nc, C, T(1), hp, C, W + (int64_t)v0 * C, C, T(0), Z, nc);
+  gemm<T>(false, true, rb, nc, C, T(1), hp, C, W + (int64_t)v0 * C, C, T(0), Z, ldz);
 }
 
-}  // namespace
-
-// ---------------------------------------------------------------------------------------------
-// Entry points
-
+// dh[idx[r]] += src[r] for r < rb: a gathered block's dh back to its rows.
 template <typename T>
-void lmhead_xent_forward(T* losses, float* lse, const T* h, const T* W, const int32_t* targets, int N,
-                         int C, int V, int ignore_index, int chunk) {
+void scatter_add_rows(T* dh, const int* idx, int rb, int C, const T* src) {
+#pragma omp parallel for schedule(static)
+  for (int r = 0; r < rb; r++) {
+    T* dst = dh + (int64_t)idx[r] * C;
+    const T* s = src + (int64_t)r * C;
+    for (int c = 0; c < C; c++) dst[c] += s[c];
+  }
+}
+
+// Both forwards: per block of rows, each chunk's logits into Z, folded into the rows' running
+// (m, l) and target logit; then lse and loss. Z is a (rows, chunk) scratch, or with G the
+// block's rows of G (rows, V), turned at the end into the unit gradient softmax - onehot.
+template <typename T>
+void forward_blocks(T* losses, float* lse, T* G, const T* h, const T* W, const int32_t* targets, int N, int C, int V,
+                    int ignore_index, int chunk) {
   if (N <= 0) return;
   for (int n = 0; n < N; n++) {  // ignored rows (and every row if V = 0)
     losses[n] = 0;
@@ -202,10 +211,12 @@ void lmhead_xent_forward(T* losses, float* lse, const T* h, const T* W, const in
   if (nrows == 0) return;
   const RowFns<T> fns = pick_row_fns<T>();
   const int RB = std::min(kRowBlock, nrows);
-  std::vector<T> Zbuf((size_t)RB * nchunk);  // (RB, chunk)  logits of one block and chunk
-  std::vector<T> hbuf;                       // (RB, C)      gathered h rows, when needed
-  std::vector<T> m(RB), l(RB), zt(RB);       // (RB)         running max, sum, target logit
-  T* Z = Zbuf.data();
+  std::vector<T> Zbuf(G ? 0 : (size_t)RB * nchunk);  // (RB, chunk)  logits of one block and chunk, without G
+  std::vector<T> hbuf;                               // (RB, C)      gathered h rows, when needed
+  std::vector<T> m(RB), l(RB), zt(RB);               // (RB)         running max, sum, target logit
+  T* mp = m.data();
+  T* lp = l.data();
+  T* zp = zt.data();
 
   for (int start = 0; start < nrows; start += RB) {
     const int rb = std::min(RB, nrows - start);
@@ -214,30 +225,46 @@ void lmhead_xent_forward(T* losses, float* lse, const T* h, const T* W, const in
     if (idx[rb - 1] - idx[0] != rb - 1 && hbuf.empty()) hbuf.resize((size_t)RB * C);
     const T* hp = block_rows(h, idx, rb, C, hbuf.data(), contiguous);
     for (int r = 0; r < rb; r++) {
-      m[r] = -std::numeric_limits<T>::infinity();
-      l[r] = 0;
-      zt[r] = 0;
+      mp[r] = -std::numeric_limits<T>::infinity();
+      lp[r] = 0;
+      zp[r] = 0;
     }
     for (int v0 = 0; v0 < V; v0 += nchunk) {
-      const int nc = std::min(nchunk, V - v0);
-      chunk_logits(Z, hp, W, rb, nc, C, v0);  // (rb, nc)
-      T* mp = m.data();
-      T* lp = l.data();
-      T* zp = zt.data();
+      const int nc = std::min(nchunk, V - v0), ldz = G ? V : nc;
+      T* Z = G ? G + (int64_t)start * V + v0 : Zbuf.data();
+      chunk_logits(Z, ldz, hp, W, rb, nc, C, v0);  // (rb, nc)
 #pragma omp parallel for schedule(static)
       for (int r = 0; r < rb; r++) {
-        const T* z = Z + (int64_t)r * nc;
+        const T* z = Z + (int64_t)r * ldz;
         fns.stats(z, nc, mp + r, lp + r);
         const int t = targets[idx[r]];
         if (t >= v0 && t < v0 + nc) zp[r] = z[t - v0];
       }
     }
+    // Serial without G: a few flops per row are not worth a parallel region.
+#pragma omp parallel for schedule(static) if (G)
     for (int r = 0; r < rb; r++) {
-      const T ls = m[r] + std::log(l[r]);
+      const T ls = mp[r] + std::log(lp[r]);
       lse[idx[r]] = (float)ls;
-      losses[idx[r]] = ls - zt[r];
+      losses[idx[r]] = ls - zp[r];
+      if (!G) continue;
+      // G = softmax - onehot, the softmax from the float lse exactly as the recomputing backward forms it
+      T* z = G + (int64_t)(start + r) * V;
+      fns.grad(z, V, (T)lse[idx[r]], T(1));
+      z[targets[idx[r]]] -= T(1);
     }
   }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Entry points
+
+template <typename T>
+void lmhead_xent_forward(T* losses, float* lse, const T* h, const T* W, const int32_t* targets, int N,
+                         int C, int V, int ignore_index, int chunk) {
+  forward_blocks<T>(losses, lse, nullptr, h, W, targets, N, C, V, ignore_index, chunk);
 }
 
 template <typename T>
@@ -268,7 +295,7 @@ void lmhead_xent_backward(T* dh, T* dW, const T* dlosses, const T* h, const T* W
 
     for (int v0 = 0; v0 < V; v0 += nchunk) {
       const int nc = std::min(nchunk, V - v0);
-      chunk_logits(Z, hp, W, rb, nc, C, v0);  // (rb, nc)
+      chunk_logits(Z, nc, hp, W, rb, nc, C, v0);  // (rb, nc)
 #pragma omp parallel for schedule(static)
       for (int r = 0; r < rb; r++) {
         T* z = Z + (int64_t)r * nc;
@@ -286,15 +313,7 @@ void lmhead_xent_backward(T* dh, T* dW, const T* dlosses, const T* h, const T* W
       // dW_chunk (nc, C) += dZᵀ (nc, rb) · h_blk (rb, C)
       if (dW) gemm<T>(true, false, nc, C, rb, T(1), Z, nc, hp, C, T(1), dW + (int64_t)v0 * C, C);
     }
-    if (dh && !contiguous) {
-      const T* src = dhbuf.data();
-#pragma omp parallel for schedule(static)
-      for (int r = 0; r < rb; r++) {
-        T* dst = dh + (int64_t)idx[r] * C;
-        const T* s = src + (int64_t)r * C;
-        for (int c = 0; c < C; c++) dst[c] += s[c];
-      }
-    }
+    if (dh && !contiguous) scatter_add_rows(dh, idx, rb, C, dhbuf.data());
   }
 }
 
@@ -304,62 +323,7 @@ void lmhead_xent_backward(T* dh, T* dW, const T* dlosses, const T* h, const T* W
 template <typename T>
 void lmhead_xent_forward_keep(T* losses, float* lse, T* G, const T* h, const T* W, const int32_t* targets, int N, int C,
                               int V, int ignore_index, int chunk) {
-  if (N <= 0) return;
-  for (int n = 0; n < N; n++) {
-    losses[n] = 0;
-    lse[n] = 0;
-  }
-  if (V <= 0) return;
-  const int nchunk = effective_chunk(chunk, V);
-  const std::vector<int> rows = active_rows(targets, N, ignore_index);
-  const int nrows = (int)rows.size();
-  if (nrows == 0) return;
-  const RowFns<T> fns = pick_row_fns<T>();
-  const int RB = std::min(kRowBlock, nrows);
-  std::vector<T> hbuf;                  // (RB, C) gathered h rows, when needed
-  std::vector<T> m(RB), l(RB), zt(RB);  // (RB) running max, sum, target logit
-  T* mp = m.data();
-  T* lp = l.data();
-  T* zp = zt.data();
-
-  for (int start = 0; start < nrows; start += RB) {
-    const int rb = std::min(RB, nrows - start);
-    const int* idx = rows.data() + start;
-    bool contiguous;
-    if (idx[rb - 1] - idx[0] != rb - 1 && hbuf.empty()) hbuf.resize((size_t)RB * C);
-    const T* hp = block_rows(h, idx, rb, C, hbuf.data(), contiguous);
-    T* Z = G + (int64_t)start * V;  // (rb, V): this block's logits, then its unit gradient
-    for (int r = 0; r < rb; r++) {
-      mp[r] = -std::numeric_limits<T>::infinity();
-      lp[r] = 0;
-      zp[r] = 0;
-    }
-    for (int v0 = 0; v0 < V; v0 += nchunk) {
-      const int nc = std::min(nchunk, V - v0);
-      if (C > 0) {
-        gemm<T>(false, true, rb, nc, C, T(1), hp, C, W + (int64_t)v0 * C, C, T(0), Z + v0, V);
-      } else {
-        for (int r = 0; r < rb; r++) std::fill(Z + (int64_t)r * V + v0, Z + (int64_t)r * V + v0 + nc, T(0));
-      }
-#pragma omp parallel for schedule(static)
-      for (int r = 0; r < rb; r++) {
-        const T* z = Z + (int64_t)r * V + v0;
-        fns.stats(z, nc, mp + r, lp + r);
-        const int t = targets[idx[r]];
-        if (t >= v0 && t < v0 + nc) zp[r] = z[t - v0];
-      }
-    }
-#pragma omp parallel for schedule(static)
-    for (int r = 0; r < rb; r++) {
-      const T ls = mp[r] + std::log(lp[r]);
-      lse[idx[r]] = (float)ls;
-      losses[idx[r]] = ls - zp[r];
-      // G = softmax - onehot, the softmax from the float lse exactly as the recomputing backward forms it
-      T* z = Z + (int64_t)r * V;
-      fns.grad(z, V, (T)lse[idx[r]], T(1));
-      z[targets[idx[r]]] -= T(1);
-    }
-  }
+  forward_blocks<T>(losses, lse, G, h, W, targets, N, C, V, ignore_index, chunk);
 }
 
 template <typename T>
@@ -378,14 +342,7 @@ void lmhead_xent_backward_kept(T* dh, T* dW, T g, const T* G, const T* h, const 
     // dh (+)= g · G (nrows, V) · W (V, C): one gemm over the whole vocabulary
     T* dhp = contiguous ? dh + (int64_t)rows[0] * C : (dhbuf.resize((size_t)nrows * C), dhbuf.data());
     gemm<T>(false, false, nrows, C, V, g, G, V, W, C, contiguous ? T(1) : T(0), dhp, C);
-    if (!contiguous) {
-#pragma omp parallel for schedule(static)
-      for (int r = 0; r < nrows; r++) {
-        T* dst = dh + (int64_t)rows[r] * C;
-        const T* src = dhp + (int64_t)r * C;
-        for (int c = 0; c < C; c++) dst[c] += src[c];
-      }
-    }
+    if (!contiguous) scatter_add_rows(dh, rows.data(), nrows, C, dhp);
   }
   // dW (V, C) += g · Gᵀ (V, nrows) · h (nrows, C): every row at once, so dW is read and written once
   if (dW) gemm<T>(true, false, V, C, nrows, g, G, V, hp, C, T(1), dW, C);

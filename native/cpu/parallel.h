@@ -31,6 +31,15 @@ inline int get_num_threads() {
 #endif
 }
 
+// This thread's index in the current parallel region (0 outside one): per-thread scratch slices.
+inline int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
 // Number of hardware threads, as OpenMP sees it (cgroup limits included where libgomp applies them).
 inline int hardware_threads() {
 #ifdef _OPENMP
