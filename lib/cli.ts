@@ -6,6 +6,7 @@
  *   quietstar generate --model DIR ...            continue a prompt
  *   quietstar perplexity --model DIR --data FILE  mean NLL and perplexity of a corpus
  *   quietstar train-lm ... --data FILE --out DIR  next-token training with a progress bar
+ *   quietstar train --model DIR --data FILE --out DIR  Quiet-STaR training with a progress bar
  *
  * Exit status: 0 done, 1 failed (the message names the file, tensor or value at fault),
  * 2 a mistake on the command line (the message names the flag).
@@ -16,6 +17,7 @@ import { generateCommand } from './commands/generate.js';
 import { infoCommand } from './commands/info.js';
 import { perplexityCommand } from './commands/perplexity.js';
 import { trainLmCommand } from './commands/train-lm.js';
+import { trainCommand } from './commands/train.js';
 
 const USAGE = `usage: quietstar <command> [options]
 
@@ -24,6 +26,7 @@ commands:
   generate     continue a prompt with a Hugging Face model folder (greedy, temperature, top-k, top-p)
   perplexity   loss and perplexity of a model on a text, JSONL or pre-tokenised corpus
   train-lm     train a language model (progress bar, JSONL metrics, checkpoints, HF output)
+  train        Quiet-STaR: teach a model to think before each token (thoughts, mixing head, REINFORCE)
 
 Run 'quietstar <command> --help' for a command's options.
 `;
@@ -33,6 +36,7 @@ const COMMANDS: Record<string, (argv: string[]) => number | Promise<number>> = {
   generate: generateCommand,
   perplexity: perplexityCommand,
   'train-lm': trainLmCommand,
+  train: trainCommand,
 };
 
 export async function main(argv: string[]): Promise<number> {

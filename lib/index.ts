@@ -46,3 +46,4 @@ export { modelConfigFromHF, modelConfigToHF, readModelConfig } from './hf/config
 export { generate, generateStream, type GenerateOptions, type GenerateResult, type GenerateStep } from './generate.js';
 export * from './data/index.js';
 export * from './train/index.js';
+export * from './quietstar/index.js';

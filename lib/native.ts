@@ -75,6 +75,74 @@ export interface NativeModel {
   dispose(): void;
 }
 
+/** The native Quiet-STaR options (native/include/quietstar/quietstar.h QuietStarOptions): lib/quietstar/options.ts with the mixing mode as booleans and the marker ids. */
+export interface NativeQuietStarOptions {
+  nAhead: number;
+  nAheadTalk: number;
+  nPasses: number;
+  startId: number;
+  endId: number;
+  embeddingScale: number;
+  originalLossWeight: number;
+  baseLossBeta: number;
+  policyLossBeta: number;
+  reinforceTemperature: number;
+  thoughtTemperature: number;
+  removeNegativeRewards: boolean;
+  triceBaseline: boolean;
+  /** true: w weights the base (the paper); false: w weights the thought (the reference code). */
+  mixingWeightsBase: boolean;
+  mixingSigmoid: boolean;
+}
+
+/** Figures of one Quiet-STaR micro-step (native QuietStarMetrics). */
+export interface NativeQuietStarMetrics {
+  loss: number;
+  nllBase: number;
+  nllTalk: number;
+  policyLoss: number;
+  rewardMean: number;
+  rewardStd: number;
+  positiveShare: number;
+  mixMean: number;
+  mixStd: number;
+  mixMin: number;
+  mixMax: number;
+  tokens: number;
+}
+
+/**
+ * The Quiet-STaR step over a NativeModel (native/addon/quietstar_wrap.h). Token arrays are
+ * (B·T) row-major and copied at the call; `valid` undefined = every token valid; thoughts
+ * are (B·nPasses, T, nAhead − 3) int32.
+ */
+export interface NativeQuietStar {
+  readonly disposed: boolean;
+  initParameters(initTokenId: number, seed: number): Promise<void>;
+  sampleThoughts(ids: Int32Array, valid: Uint8Array | undefined, B: number, T: number, seed: number): Promise<Int32Array>;
+  forwardBackward(
+    ids: Int32Array,
+    valid: Uint8Array | undefined,
+    labels: Int32Array,
+    B: number,
+    T: number,
+    thoughts: Int32Array,
+    backward: boolean,
+    lossScale: number,
+  ): Promise<NativeQuietStarMetrics>;
+  step(
+    ids: Int32Array,
+    valid: Uint8Array | undefined,
+    labels: Int32Array,
+    B: number,
+    T: number,
+    seed: number,
+    lossScale: number,
+  ): Promise<NativeQuietStarMetrics & { thoughts: Int32Array }>;
+  debugTensor(name: string): Promise<{ data: Float32Array | Float64Array; shape: number[] }>;
+  dispose(): void;
+}
+
 export interface NativeEngine {
   readonly device: DeviceName;
   readonly threads: number;
@@ -138,6 +206,10 @@ export interface BindingModule {
   opNames(): string[];
   /** The parameter views of a model configuration, in layout order (names from the native core). */
   modelParamSpecs(config: NativeModelConfig): { name: string; shape: number[]; decay: boolean }[];
+  /** The Quiet-STaR extra views (start/end embeddings, mixing head), appended after the model's. */
+  quietstarParamSpecs(config: NativeModelConfig): { name: string; shape: number[]; decay: boolean }[];
+  /** A Quiet-STaR step over a model whose parameters hold modelParamSpecs ++ quietstarParamSpecs. */
+  createQuietStar(model: NativeModel, options: NativeQuietStarOptions): Promise<NativeQuietStar>;
   setErrorClass(ctor: typeof QuietstarError): void;
 }
 

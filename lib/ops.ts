@@ -106,6 +106,13 @@ export class Ops {
   siluBackward(a: { inp: T; dout: T; dinp: T }): Promise<{ dinp: T }> {
     return this.call('silu_backward', { ...a });
   }
+  /** ReLU, max(x, 0) (Quiet-STaR's mixing head); the gradient is 0 at x <= 0, like torch. */
+  reluForward(a: { inp: T }): Promise<{ out: T }> {
+    return this.call('relu_forward', { inp: a.inp });
+  }
+  reluBackward(a: { inp: T; dout: T; dinp: T }): Promise<{ dinp: T }> {
+    return this.call('relu_backward', { ...a });
+  }
   /** out = silu(gate) * up (Llama MLP). */
   swiGluForward(a: { gate: T; up: T }): Promise<{ out: T }> {
     return this.call('swiglu_forward', { gate: a.gate, up: a.up });
@@ -133,6 +140,31 @@ export class Ops {
   }): Promise<{ dq: T; dk: T; dv: T }> {
     const { window, scale, ...tensors } = a;
     return this.call('attention_backward', tensors, { window, scale });
+  }
+  /**
+   * Quiet-STaR's masked parallel thought attention (spec §2.5): chain query (row r, step s,
+   * position i) sees the valid base keys j <= i of its document b = r / P (sliding `window`
+   * checked against i) and its own chain keys at column i for steps 1..s, never another
+   * position's thought. qChain (R, Sq, T, H, d) holds query steps sFirst..sFirst+Sq-1;
+   * kBase/vBase (B, T, Hkv, d) are shared by the P = R / B rows of a document; kChain/vChain
+   * (R, Sk, T, Hkv, d) hold chain steps 1..Sk (sFirst + Sq - 1 <= Sk); valid (B, T) u8.
+   * Packed mode (training): sFirst 1, Sq = Sk = S; incremental mode (sampling): Sq = 1,
+   * sFirst = s. RoPE is applied by the caller. lse (R, Sq, T, H) f32. `sFirst` @defaultValue 1,
+   * `window` @defaultValue 0 (none), `scale` @defaultValue 1/sqrt(d). CPU only for now.
+   */
+  thoughtAttentionForward(a: {
+    qChain: T; kBase: T; vBase: T; kChain: T; vChain: T; valid?: T; sFirst?: number; window?: number; scale?: number;
+  }): Promise<{ out: T; lse: T }> {
+    const { sFirst, window, scale, ...tensors } = a;
+    return this.call('thought_attention_forward', tensors, { sFirst, window, scale });
+  }
+  /** Gradients (+=) of thoughtAttentionForward; base K/V gradients are summed over the P rows of each document. */
+  thoughtAttentionBackward(a: {
+    dout: T; qChain: T; kBase: T; vBase: T; kChain: T; vChain: T; out: T; lse: T; valid?: T;
+    dqChain?: T; dkBase?: T; dvBase?: T; dkChain?: T; dvChain?: T; sFirst?: number; window?: number; scale?: number;
+  }): Promise<{ dqChain: T; dkBase: T; dvBase: T; dkChain: T; dvChain: T }> {
+    const { sFirst, window, scale, ...tensors } = a;
+    return this.call('thought_attention_backward', tensors, { sFirst, window, scale });
   }
   /**
    * LM head + softmax cross-entropy without materialising logits: h (N, C), weight (V, C),
@@ -163,6 +195,23 @@ export class Ops {
   }): Promise<{ ids: T }> {
     const { logits, rows, positions, suppress, ...attrs } = a;
     return this.call('sample_tokens', { logits, rows, positions, suppress }, attrs);
+  }
+
+  /**
+   * Quiet-STaR thought tokens: the LM head fused with a Gumbel-max draw, without materialising
+   * the (N, V) logits. h (N, D), weight (V, D) f32|f64; logits z = h · weightᵀ. Each row draws
+   * tokens[n] = argmax_v z[v] / temperature + gumbel(seed, rows[n], step, positions[n], v) over
+   * the ids not in `suppress` (the thought markers), i.e. exactly what `sampleTokens` draws from
+   * the same logits (temperature 0 = greedy). logp (N) f32 = log_softmax(z / policyTemperature)
+   * at the token, lse (N) f32 = logsumexp(z), both over the unsuppressed ids. `temperature`
+   * @defaultValue 1, `policyTemperature` @defaultValue 3, `chunk` (vocabulary columns per pass,
+   * 0 = 4096). CPU only for now.
+   */
+  thoughtSample(a: {
+    h: T; weight: T; rows?: T; positions?: T; suppress?: T; temperature?: number; policyTemperature?: number; seed?: number; step?: number; chunk?: number;
+  }): Promise<{ tokens: T; logp: T; lse: T }> {
+    const { h, weight, rows, positions, suppress, ...attrs } = a;
+    return this.call('thought_sample', { h, weight, rows, positions, suppress }, attrs);
   }
 
   // ---- optimisation -----------------------------------------------------------------------

@@ -35,6 +35,11 @@ export interface ModelOptions {
    * @defaultValue 'f32'
    */
   dtype?: 'f32' | 'f64';
+  /**
+   * @internal Extra parameter views appended after the model's own in the same buffer (one
+   * AdamW, one clip), e.g. Quiet-STaR's thought embeddings and mixing head.
+   */
+  extraSpecs?: readonly { name: string; shape: number[]; decay?: boolean }[];
 }
 
 /** A training or scoring batch: B rows of T tokens, row-major. */
@@ -130,7 +135,7 @@ export class Model implements Disposable {
     if (dtype !== 'f32' && dtype !== 'f64') bad(`options.dtype must be 'f32' or 'f64' (got ${String(dtype)})`);
     const optimizer = options.optimizer ?? true;
     if (typeof optimizer !== 'boolean') bad(`options.optimizer must be a boolean (got ${String(optimizer)})`);
-    const specs = loadBinding().modelParamSpecs(full);
+    const specs = [...loadBinding().modelParamSpecs(full), ...(options.extraSpecs ?? [])];
     const nativeParams = await engine.native.createParameters(specs, dtype, optimizer);
     let native: NativeModel;
     try {
@@ -140,6 +145,11 @@ export class Model implements Disposable {
       throw err;
     }
     return new Model(engine, full, new Parameters(engine, nativeParams), native, dtype);
+  }
+
+  /** @internal The binding's model (lib/quietstar builds its step over it). */
+  get nativeModel(): NativeModel {
+    return this.native;
   }
 
   /** Parameter count (elements of every view; the alignment padding is not counted). */

@@ -4,6 +4,8 @@
 //   opNames(): every op engine.run() accepts
 //   setErrorClass(ctor): the JS class native errors are instances of (lib/errors.ts)
 //   modelParamSpecs(config): the parameter views of a model configuration (model_wrap.h)
+//   quietstarParamSpecs(config), createQuietStar(model, options): the Quiet-STaR extras' views
+//   and the Quiet-STaR step over a model (quietstar_wrap.h)
 //   NativeEngine, NativeTensor, NativeParameters, NativeModel: classes (engine_wrap.h, tensor_wrap.h,
 //   params_wrap.h, model_wrap.h; models come from engine.createModel)
 #include <napi.h>
@@ -12,6 +14,7 @@
 #include "addon/engine_wrap.h"
 #include "addon/model_wrap.h"
 #include "addon/params_wrap.h"
+#include "addon/quietstar_wrap.h"
 #include "addon/tensor_wrap.h"
 #include "cpu/gemm.h"
 #include "cpu/parallel.h"
@@ -107,6 +110,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   data->tensor_class = Napi::Persistent(tensor);
   data->params_class = Napi::Persistent(params);
   data->model_class = Napi::Persistent(ModelWrap::Init(env));
+  data->quietstar_class = Napi::Persistent(QuietStarWrap::Init(env));
   exports.Set("NativeEngine", engine);
   exports.Set("NativeTensor", tensor);
   exports.Set("NativeParameters", params);
@@ -114,6 +118,8 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("opNames", Napi::Function::New(env, OpNames));
   exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass));
   exports.Set("modelParamSpecs", Napi::Function::New(env, ModelParamSpecs));
+  exports.Set("quietstarParamSpecs", Napi::Function::New(env, QuietStarParamSpecs));
+  exports.Set("createQuietStar", Napi::Function::New(env, QuietStarWrap::Create));
   return exports;
 }
 

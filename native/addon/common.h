@@ -17,6 +17,7 @@ struct AddonData {
   Napi::FunctionReference tensor_class;
   Napi::FunctionReference params_class;
   Napi::FunctionReference model_class;
+  Napi::FunctionReference quietstar_class;
   uint64_t next_engine_id = 1;
 };
 AddonData* addon_data(Napi::Env env);

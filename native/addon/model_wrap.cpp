@@ -20,7 +20,7 @@ namespace qs::addon {
 }
 
 // An integer in [lo, hi], named `what` in the error.
-static int64_t get_int(const Napi::Value& v, const std::string& what, int64_t lo, int64_t hi) {
+int64_t get_int(const Napi::Value& v, const std::string& what, int64_t lo, int64_t hi) {
   double x = get_number(v, what.c_str());
   if (!(x == std::floor(x) && x >= (double)lo && x <= (double)hi)) {
     bad_arg(v.Env(), what + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "] (got " +
@@ -29,13 +29,13 @@ static int64_t get_int(const Napi::Value& v, const std::string& what, int64_t lo
   return (int64_t)x;
 }
 
-static bool get_bool(const Napi::Value& v, const std::string& what) {
+bool get_bool(const Napi::Value& v, const std::string& what) {
   if (!v.IsBoolean()) bad_arg(v.Env(), what + " must be a boolean");
   return v.As<Napi::Boolean>().Value();
 }
 
 // The JS ModelConfig (lib/model/config.ts field names) as the native struct, validated.
-static ModelConfig parse_config(const Napi::Value& v) {
+ModelConfig parse_model_config(const Napi::Value& v) {
   Napi::Env env = v.Env();
   if (!v.IsObject()) bad_arg(env, "config must be an object");
   Napi::Object o = v.As<Napi::Object>();
@@ -70,16 +70,7 @@ static ModelConfig parse_config(const Napi::Value& v) {
   return c;
 }
 
-// Token data copied off a JS typed array on the JS thread (the caller may reuse its array at
-// once); the job turns it into a tensor on the engine's device.
-struct HostArray {
-  DType dtype = DType::I32;
-  Shape shape;
-  std::vector<char> bytes;
-  bool defined = false;
-};
-
-static HostArray host_array(const Napi::Value& v, DType dtype, const Shape& shape, const std::string& what) {
+HostArray host_array(const Napi::Value& v, DType dtype, const Shape& shape, const std::string& what) {
   Napi::Env env = v.Env();
   napi_typedarray_type want = dtype == DType::I32 ? napi_int32_array : napi_uint8_array;
   const char* type_name = dtype == DType::I32 ? "an Int32Array" : "a Uint8Array";
@@ -100,7 +91,7 @@ static HostArray host_array(const Napi::Value& v, DType dtype, const Shape& shap
 }
 
 // Compute thread: the tensor of a HostArray (undefined stays undefined).
-static Status to_tensor(Engine& e, const HostArray& h, Tensor* out) {
+Status to_tensor(Engine& e, const HostArray& h, Tensor* out) {
   if (!h.defined) {
     *out = Tensor();
     return Status::Ok();
@@ -134,8 +125,11 @@ static Status batch_tensors(Engine& e, const HostBatch& b, Tensor* ids, Tensor* 
 
 Napi::Value ModelParamSpecs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  ModelConfig config = parse_config(info[0]);
-  std::vector<ParamSpec> specs = model_param_specs(config);
+  ModelConfig config = parse_model_config(info[0]);
+  return param_specs_to_js(env, model_param_specs(config));
+}
+
+Napi::Array param_specs_to_js(Napi::Env env, const std::vector<ParamSpec>& specs) {
   Napi::Array arr = Napi::Array::New(env, specs.size());
   for (size_t i = 0; i < specs.size(); i++) {
     Napi::Object o = Napi::Object::New(env);
@@ -164,7 +158,7 @@ Napi::Function ModelWrap::Init(Napi::Env env) {
 Napi::Value ModelWrap::Create(EngineWrap* engine, const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   engine->check_usable(env);
-  ModelConfig config = parse_config(info[0]);
+  ModelConfig config = parse_model_config(info[0]);
   Napi::Value pv = info[1];
   if (!pv.IsObject() || !pv.As<Napi::Object>().InstanceOf(addon_data(env)->params_class.Value())) {
     bad_arg(env, "createModel(config, parameters): parameters must come from engine.createParameters()");

@@ -116,22 +116,32 @@ Status Model::create(Engine& engine, const ModelConfig& config, std::shared_ptr<
   QS_CHECK_ARG(flat.device() == engine.device(), "Model.create: parameters live on %s but the engine is %s",
                device_name(flat.device()), device_name(engine.device()));
 
-  // The layout must be exactly the one model_param_specs gives: same views, shapes and offsets.
-  ParamLayout want;
-  QS_RETURN_IF_ERROR(ParamLayout::create(model_param_specs(c), &want));
+  // The layout must be the one model_param_specs gives, optionally followed by extra views
+  // (Quiet-STaR's start/end embeddings and mixing head live in the same buffer): same views,
+  // shapes and offsets as ParamLayout::create(model specs + the extras, in the layout's order).
+  // Extra views may not use the model's own namespaces (a tied model given lm_head.weight is
+  // a mistake, not an extra).
+  std::vector<ParamSpec> specs = model_param_specs(c);
+  ParamLayout model_only;
+  QS_RETURN_IF_ERROR(ParamLayout::create(specs, &model_only));
   const auto& have = params->layout().entries();
-  const auto& need = want.entries();
-  for (const ParamEntry& n : need) {
+  for (const ParamSpec& n : specs) {
     const ParamEntry* e = params->layout().find(n.name);
     QS_CHECK_ARG(e != nullptr, "Model.create: the parameters have no view '%s' %s (build them from the model's parameter specs)",
                  n.name.c_str(), shape_string(n.shape).c_str());
     QS_CHECK_ARG(e->shape == n.shape, "Model.create: parameter '%s' has shape %s, the config needs %s", e->name.c_str(),
                  shape_string(e->shape).c_str(), shape_string(n.shape).c_str());
   }
-  for (const ParamEntry& e : have)
-    QS_CHECK_ARG(want.find(e.name) != nullptr, "Model.create: the parameters have a view '%s' the config does not use",
-                 e.name.c_str());
-  for (const ParamEntry& n : need) {  // same names and shapes: now the placement
+  auto starts = [](const std::string& s, const char* p) { return s.compare(0, std::strlen(p), p) == 0; };
+  for (const ParamEntry& e : have) {
+    if (model_only.find(e.name) != nullptr) continue;
+    QS_CHECK_ARG(!starts(e.name, "transformer.") && !starts(e.name, "model.") && !starts(e.name, "lm_head."),
+                 "Model.create: the parameters have a view '%s' the config does not use", e.name.c_str());
+    specs.push_back({e.name, e.shape, e.decay});
+  }
+  ParamLayout want;
+  QS_RETURN_IF_ERROR(ParamLayout::create(specs, &want));
+  for (const ParamEntry& n : want.entries()) {  // same names and shapes: now the placement
     const ParamEntry* e = params->layout().find(n.name);
     QS_CHECK_ARG(e->offset == n.offset && e->decay == n.decay,
                  "Model.create: parameter '%s' sits at offset %lld (decay %d), the model's layout puts it at %lld (decay %d)",
@@ -193,7 +203,7 @@ Status check_batch(const ModelConfig& config_, Engine& engine, const char* what,
 //   u1, u2 = the top 53 bits of splitmix64(key + 2k), splitmix64(key + 2k + 1), in (0, 1]
 //   element 2k = r cos(2 pi u2), element 2k + 1 = r sin(2 pi u2),  r = sqrt(-2 ln u1)   (Box-Muller)
 
-static inline uint64_t splitmix64(uint64_t x) {
+uint64_t splitmix64(uint64_t x) {
   uint64_t z = x + 0x9E3779B97F4A7C15ull;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
@@ -201,7 +211,7 @@ static inline uint64_t splitmix64(uint64_t x) {
 }
 
 template <typename T>
-static void fill_normal(T* x, int64_t n, uint64_t key, double stddev) {
+void fill_normal(T* x, int64_t n, uint64_t key, double stddev) {
 #pragma omp parallel for schedule(static) if (n > (1 << 16))
   for (int64_t k = 0; k < (n + 1) / 2; k++) {
     double u1 = ((splitmix64(key + 2 * (uint64_t)k) >> 11) + 1) * (1.0 / 9007199254740992.0);  // (0, 1]
@@ -211,6 +221,9 @@ static void fill_normal(T* x, int64_t n, uint64_t key, double stddev) {
     if (2 * k + 1 < n) x[2 * k + 1] = (T)(r * std::sin(a));
   }
 }
+
+template void fill_normal<float>(float*, int64_t, uint64_t, double);
+template void fill_normal<double>(double*, int64_t, uint64_t, double);
 
 static bool is_residual_projection(const std::string& name) {
   auto ends = [&](const char* s) {

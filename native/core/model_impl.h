@@ -19,6 +19,12 @@ Status check_tokens(const char* what, const char* name, const Tensor& t, int64_t
 // ids (B, T) (and targets when given) for a training or inference call, plus the device.
 Status check_batch(const ModelConfig& config, Engine& engine, const char* what, const Tensor& ids, const Tensor* targets);
 
+// The counter-based initialisation (model.cpp): x[k] ~ N(0, stddev), each value a function of
+// (key, k) only; keys are splitmix64(seed ^ splitmix64(view + 1)).
+uint64_t splitmix64(uint64_t x);
+template <typename T>
+void fill_normal(T* x, int64_t n, uint64_t key, double stddev);
+
 // A bump allocator over one byte buffer, 64-byte aligned pieces. With base == nullptr it only
 // measures (used = the bytes needed); then the same calls on the real buffer hand out pointers.
 struct Carver {

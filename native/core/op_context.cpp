@@ -175,6 +175,8 @@ static const OpTable& op_table() {
     register_attention_ops(t);
     register_optim_ops(t);
     register_sampling_ops(t);
+    register_thought_sampling_ops(t);
+    register_thought_attention_ops(t);
     return t;
   }();
   return table;

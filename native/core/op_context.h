@@ -72,6 +72,8 @@ void register_nn_ops(OpTable& table);
 void register_attention_ops(OpTable& table);
 void register_optim_ops(OpTable& table);
 void register_sampling_ops(OpTable& table);
+void register_thought_sampling_ops(OpTable& table);
+void register_thought_attention_ops(OpTable& table);
 
 // Runs the statements with `T` = float or double, whichever the op's float arguments are.
 #define QS_FOR_FLOAT(ctx, ...)                                          \

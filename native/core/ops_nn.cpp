@@ -382,6 +382,8 @@ void register_nn_ops(OpTable& t) {
   t["gelu_backward"] = unary_backward_op<cpu::gelu_backward<float>, cpu::gelu_backward<double>>;
   t["silu_forward"] = unary_forward_op<cpu::silu_forward<float>, cpu::silu_forward<double>>;
   t["silu_backward"] = unary_backward_op<cpu::silu_backward<float>, cpu::silu_backward<double>>;
+  t["relu_forward"] = unary_forward_op<cpu::relu_forward<float>, cpu::relu_forward<double>>;
+  t["relu_backward"] = unary_backward_op<cpu::relu_backward<float>, cpu::relu_backward<double>>;
   t["swiglu_forward"] = swiglu_forward_op;
   t["swiglu_backward"] = swiglu_backward_op;
   t["residual_forward"] = residual_forward_op;

@@ -14,6 +14,8 @@ it is written and no element depends on another. Backward adds (+=) into the inp
            Gradient: sigmoid(2u) + 2 x s (1 - s) u',  s = sigmoid(2u)  (1 - tanh^2 = 4 s (1 - s)).
   silu     out = x * sigmoid(x)
   swiglu   out = silu(gate) * up  (Llama MLP: gate and up are separate (N,F) arrays)
+  relu     out = x < 0 ? 0 : x  (NaN propagates, like torch.relu);
+           dinp += x > 0 ? dout : 0  (0 at the kink x = 0 and for NaN, like torch)
   residual out = a + b
 
 These are memory-bound loops over contiguous arrays, provided the exp does not dominate. The
@@ -115,6 +117,29 @@ struct SiluBwd {
     V x = load_n<S>(inp + i, n);
     V s = sigmoid_v<S>(x);
     store_n<S>(dinp + i, n, load_n<S>(dinp + i, n) + load_n<S>(dout + i, n) * (s * (1.0f + x * (1.0f - s))));
+  }
+};
+
+struct ReluFwd {
+  float* out;
+  const float* inp;
+  template <typename S>
+  QS_INLINE void step(int64_t i, int n) const {
+    typedef typename S::V V;
+    V x = load_n<S>(inp + i, n);
+    store_n<S>(out + i, n, x < 0.0f ? V{} : x);
+  }
+};
+
+struct ReluBwd {
+  float* dinp;
+  const float *inp, *dout;
+  template <typename S>
+  QS_INLINE void step(int64_t i, int n) const {
+    typedef typename S::V V;
+    V x = load_n<S>(inp + i, n);
+    V g = x > 0.0f ? load_n<S>(dout + i, n) : V{};
+    store_n<S>(dinp + i, n, load_n<S>(dinp + i, n) + g);
   }
 };
 
@@ -247,6 +272,23 @@ static void silu_backward_scalar(T* dinp, const T* inp, const T* dout, int64_t n
   }
 }
 
+// ReLU
+
+template <typename T>
+static void relu_forward_scalar(T* out, const T* inp, int64_t n) {
+#pragma omp parallel for if (n > kParallelMin)
+  for (int64_t i = 0; i < n; i++) {
+    T x = inp[i];
+    out[i] = x < (T)0 ? (T)0 : x;
+  }
+}
+
+template <typename T>
+static void relu_backward_scalar(T* dinp, const T* inp, const T* dout, int64_t n) {
+#pragma omp parallel for if (n > kParallelMin)
+  for (int64_t i = 0; i < n; i++) dinp[i] += inp[i] > (T)0 ? dout[i] : (T)0;
+}
+
 template <typename T>
 static void swiglu_forward_scalar(T* out, const T* gate, const T* up, int64_t n) {
   // out (N,F) = silu(gate (N,F)) * up (N,F); out may alias gate or up
@@ -313,6 +355,18 @@ void silu_backward(T* dinp, const T* inp, const T* dout, int64_t n) {
 }
 
 template <typename T>
+void relu_forward(T* out, const T* inp, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) map_float(ReluFwd{out, inp}, n);
+  else relu_forward_scalar(out, inp, n);
+}
+
+template <typename T>
+void relu_backward(T* dinp, const T* inp, const T* dout, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) map_float(ReluBwd{dinp, inp, dout}, n);
+  else relu_backward_scalar(dinp, inp, dout, n);
+}
+
+template <typename T>
 void swiglu_forward(T* out, const T* gate, const T* up, int64_t n) {
   if constexpr (std::is_same_v<T, float>) map_float(SwigluFwd{out, gate, up}, n);
   else swiglu_forward_scalar(out, gate, up, n);
@@ -357,6 +411,8 @@ void residual_backward(T* da, T* db, const T* dout, int64_t n) {
   template void gelu_backward<T>(T*, const T*, const T*, int64_t);                      \
   template void silu_forward<T>(T*, const T*, int64_t);                                 \
   template void silu_backward<T>(T*, const T*, const T*, int64_t);                      \
+  template void relu_forward<T>(T*, const T*, int64_t);                                 \
+  template void relu_backward<T>(T*, const T*, const T*, int64_t);                      \
   template void swiglu_forward<T>(T*, const T*, const T*, int64_t);                     \
   template void swiglu_backward<T>(T*, T*, const T*, const T*, const T*, int64_t);      \
   template void residual_forward<T>(T*, const T*, const T*, int64_t);                   \

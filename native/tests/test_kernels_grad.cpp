@@ -1,6 +1,6 @@
 // test_kernels_grad.cpp: float64 finite-difference gradient checks and forward references for
 // the CPU kernels: linear, embedding / position embedding, LayerNorm, RMSNorm, RoPE, GELU,
-// SiLU, SwiGLU, residual, and the optimizer helpers (AdamW, sum_squares, scale_inplace).
+// SiLU, ReLU, SwiGLU, residual, and the optimizer helpers (AdamW, sum_squares, scale_inplace).
 //
 // For every op:
 //   - the double instantiation's backward is checked against central differences of the
@@ -576,6 +576,60 @@ QS_TEST(gelu_silu_grad) {
   double got[7];
   cpu::gelu_forward<double>(got, xs, 7);
   check_close("gelu vs tabulated tanh-form values", got, want, 7, 1e-12, 1e-15);
+}
+
+// ReLU has a kink at 0, where central differences are meaningless: the gradient check runs
+// on inputs kept away from it (|x| >= 0.01 >> h), and the kink (x = 0, -0, NaN) is checked
+// exactly: gradient 0 at x <= 0 like torch, NaN forward propagates.
+QS_TEST(relu_grad) {
+  Rng rng(707);
+  for (int64_t n : {1, 7, 64, 1000, 40001}) {
+    printf("  relu n=%lld\n", (long long)n);
+    VecD x = random_vector<double>(rng, n, 3.0);
+    for (double& v : x) if (std::fabs(v) < 0.01) v = v < 0 ? -0.01 : 0.01;
+    VecD wout = random_vector<double>(rng, n), out(n);
+    auto loss = centered_loss([&]() { cpu::relu_forward<double>(out.data(), x.data(), n); }, out, wout);
+    bool exact = true;
+    for (int64_t i = 0; i < n; i++) exact &= out[i] == (x[i] > 0 ? x[i] : 0.0);
+    QS_EXPECT(exact, "relu forward is not max(x, 0)");
+    VecD ip = x;
+    cpu::relu_forward<double>(ip.data(), ip.data(), n);
+    QS_EXPECT(bit_equal(ip, out), "relu forward in place differs");
+    VecD dx(n, 0);
+    cpu::relu_backward<double>(dx.data(), x.data(), wout.data(), n);
+    VecD pre = random_vector<double>(rng, n), dx2 = pre;
+    cpu::relu_backward<double>(dx2.data(), x.data(), wout.data(), n);
+    check_increment("relu dinp +=", dx, pre, dx2);
+    check_gradient(fmt("relu n=%lld inp", (long long)n), x, dx, loss, rng);
+    // float: exactly the double values (max and a select are exact)
+    VecF xf = to_f32(x), wf = to_f32(wout), of(n), dxf(n, 0);
+    VecD xe = to_f64(xf), we = to_f64(wf), od(n), dxd(n, 0);
+    cpu::relu_forward<float>(of.data(), xf.data(), n);
+    cpu::relu_forward<double>(od.data(), xe.data(), n);
+    cpu::relu_backward<float>(dxf.data(), xf.data(), wf.data(), n);
+    cpu::relu_backward<double>(dxd.data(), xe.data(), we.data(), n);
+    QS_EXPECT(bit_equal(to_f64(of), od) && bit_equal(to_f64(dxf), dxd), "relu f32 differs from f64");
+  }
+  // the kink and special values, both float paths (a vector and its tail) and double
+  const double xs[9] = {0.0, -0.0, 1e-30, -1e-30, 2.5, -2.5, INFINITY, -INFINITY, NAN};
+  const double want_out[9] = {0.0, 0.0, 1e-30, 0.0, 2.5, 0.0, INFINITY, 0.0, NAN};
+  const double want_grad[9] = {0.0, 0.0, 3.0, 0.0, 3.0, 0.0, 3.0, 0.0, 0.0};
+  for (int n : {9, 40}) {  // 40: every value in the vector body too
+    VecD xd(n), dout(n, 3.0), o(n), g(n, 0);
+    for (int i = 0; i < n; i++) xd[i] = xs[i % 9];
+    VecF xf = to_f32(xd), doutf = to_f32(dout), of(n), gf(n, 0);
+    cpu::relu_forward<double>(o.data(), xd.data(), n);
+    cpu::relu_backward<double>(g.data(), xd.data(), dout.data(), n);
+    cpu::relu_forward<float>(of.data(), xf.data(), n);
+    cpu::relu_backward<float>(gf.data(), xf.data(), doutf.data(), n);
+    bool ok = true;
+    for (int i = 0; i < n; i++) {
+      double wo = want_out[i % 9], wof = (double)(float)wo;  // 1e-30 stays a (denormal-free) float
+      auto same = [](double a, double b) { return (std::isnan(a) && std::isnan(b)) || a == b; };
+      ok &= same(o[i], wo) && same(of[i], wof) && g[i] == want_grad[i % 9] && gf[i] == (float)want_grad[i % 9];
+    }
+    QS_EXPECT(ok, "relu special values (n=%d): wrong output or gradient at 0, -0, +-inf or NaN", n);
+  }
 }
 
 QS_TEST(swiglu_grad) {

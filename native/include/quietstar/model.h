@@ -57,7 +57,9 @@ std::vector<ParamSpec> model_param_specs(const ModelConfig& config);
 
 class Model {
  public:
-  // `params` must have been created from model_param_specs(config) (checked view by view).
+  // `params` must have been created from model_param_specs(config), optionally followed by
+  // extra views outside the model's namespaces (transformer.*, model.*, lm_head.*), e.g.
+  // quietstar_param_specs(config): checked view by view. The model ignores the extras.
   static Status create(Engine& engine, const ModelConfig& config, std::shared_ptr<ParamSet> params,
                        std::unique_ptr<Model>* out);
   ~Model();
