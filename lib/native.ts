@@ -13,6 +13,8 @@ import { fileURLToPath } from 'node:url';
 
 import { QuietstarError } from './errors.js';
 import type { ModelConfig } from './model/config.js';
+import type { QuietStarStepMetrics } from './quietstar/model.js';
+import type { QuietStarOptions } from './quietstar/options.js';
 
 /** Tensor element types. bf16 and f16 are storage formats (convert to f32 to compute). */
 export type DType = 'f32' | 'f64' | 'bf16' | 'f16' | 'i32' | 'u8';
@@ -75,41 +77,16 @@ export interface NativeModel {
   dispose(): void;
 }
 
-/** The native Quiet-STaR options (native/include/quietstar/quietstar.h QuietStarOptions): lib/quietstar/options.ts with the mixing mode as booleans and the marker ids. */
-export interface NativeQuietStarOptions {
-  nAhead: number;
-  nAheadTalk: number;
-  nPasses: number;
+/** The native Quiet-STaR options (native/include/quietstar/quietstar.h QuietStarOptions): lib/quietstar/options.ts with the mixing mode as a boolean and the marker ids. */
+export type NativeQuietStarOptions = Omit<QuietStarOptions, 'mixing'> & {
   startId: number;
   endId: number;
-  embeddingScale: number;
-  originalLossWeight: number;
-  baseLossBeta: number;
-  policyLossBeta: number;
-  reinforceTemperature: number;
-  thoughtTemperature: number;
-  removeNegativeRewards: boolean;
-  triceBaseline: boolean;
   /** true: w weights the base (the paper); false: w weights the thought (the reference code). */
   mixingWeightsBase: boolean;
-  mixingSigmoid: boolean;
-}
+};
 
-/** Figures of one Quiet-STaR micro-step (native QuietStarMetrics). */
-export interface NativeQuietStarMetrics {
-  loss: number;
-  nllBase: number;
-  nllTalk: number;
-  policyLoss: number;
-  rewardMean: number;
-  rewardStd: number;
-  positiveShare: number;
-  mixMean: number;
-  mixStd: number;
-  mixMin: number;
-  mixMax: number;
-  tokens: number;
-}
+/** Figures of one Quiet-STaR micro-step (native QuietStarMetrics), as lib/quietstar/model.ts documents them. */
+export type NativeQuietStarMetrics = QuietStarStepMetrics;
 
 /**
  * The Quiet-STaR step over a NativeModel (native/addon/quietstar_wrap.h). Token arrays are

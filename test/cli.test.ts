@@ -9,44 +9,21 @@
  *   - help and errors: exit status 2 and the bad flag named; 1 for a missing model folder.
  */
 import test from 'ava';
-import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 
 import { loadTokenizer } from '../lib/tokenizer/index.js';
 import { dataPath, missingData } from '../lib/util/data-path.js';
+import { cli, root, type Run } from './support/cli.js';
 import { rng } from './support/engine.js';
 
-const root = fileURLToPath(new URL('..', import.meta.url));
 const STORIES = dataPath('models', 'stories260K-hf');
 const TOK512 = dataPath('models', 'stories260K-llama2c', 'tok512.bin');
 const SAMPLE = dataPath('tinystories_sample', 'tinystories_sample.txt');
 const storiesMissing = missingData('models', 'stories260K-hf') ?? missingData('models', 'stories260K-llama2c', 'tok512.bin');
 const sampleMissing = storiesMissing ?? missingData('tinystories_sample', 'tinystories_sample.txt');
 if (sampleMissing) console.log(`cli.test.ts: data-dependent tests skipped: ${sampleMissing}`);
-
-interface Run {
-  status: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function cli(...args: string[]): Promise<Run> {
-  try {
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, ['--import=tsx', 'lib/cli.ts', ...args], {
-      cwd: root,
-      encoding: 'utf8',
-      maxBuffer: 16 << 20,
-    });
-    return { status: 0, stdout, stderr };
-  } catch (err) {
-    const e = err as { code?: number; stdout?: string; stderr?: string };
-    return { status: typeof e.code === 'number' ? e.code : 1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-  }
-}
 
 function tmp(t: { teardown: (fn: () => void) => void }): string {
   const dir = mkdtempSync(join(tmpdir(), 'quietstar-cli-'));

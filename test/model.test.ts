@@ -4,11 +4,12 @@
  * gradients (tiny GPT-2 and tiny Llama with GQA and biases), KV-cached decoding against full
  * logits (also left-padded batches), token losses, input errors and dispose semantics.
  */
-import test, { type ExecutionContext } from 'ava';
+import test from 'ava';
 
-import { Model, QuietstarError, createModelConfig, modelFamily, type ErrorCode, type ModelConfigInput } from '../lib/index.js';
+import { Model, createModelConfig, modelFamily, type ModelConfigInput } from '../lib/index.js';
 import { loadBinding } from '../lib/native.js';
 import { assertClose, cpuEngine, rng } from './support/engine.js';
+import { rejectsWith, throwsWith } from './support/errors.js';
 import { randomIds, randomizeParams } from './support/model.js';
 
 const GPT2: ModelConfigInput = { modelType: 'gpt2', vocabSize: 11, dModel: 8, nLayers: 2, nHeads: 2, maxSeqLen: 16 };
@@ -48,18 +49,6 @@ async function setParam(model: Model, index: number, value: number): Promise<voi
   using src = model.engine.tensor(new Float64Array([value]), [1]);
   using dst = model.params.buffer('params').view(index, [1]);
   await model.engine.ops.copy({ src, dst });
-}
-
-async function rejectsWith(t: ExecutionContext, p: Promise<unknown>, code: ErrorCode, pattern: RegExp): Promise<void> {
-  const err = await t.throwsAsync(p, { instanceOf: QuietstarError });
-  t.is(err?.code, code, err?.message);
-  t.regex(err?.message ?? '', pattern);
-}
-
-function throwsWith(t: ExecutionContext, fn: () => unknown, code: ErrorCode, pattern: RegExp): void {
-  const err = t.throws(fn, { instanceOf: QuietstarError });
-  t.is(err?.code, code, err?.message);
-  t.regex(err?.message ?? '', pattern);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,9 +9,9 @@ import { promises as fsp } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import test, { type ExecutionContext } from 'ava';
+import test from 'ava';
 
-import { Model, QuietstarError, createByteTokenizer, savePretrained, type ErrorCode, type ModelConfigInput, type Tokenizer } from '../lib/index.js';
+import { Model, createByteTokenizer, savePretrained, type ModelConfigInput, type Tokenizer } from '../lib/index.js';
 import {
   DEFAULT_QUIETSTAR_OPTIONS,
   END_THOUGHT,
@@ -25,6 +25,7 @@ import {
 } from '../lib/quietstar/index.js';
 import { dataPath, missingData } from '../lib/util/data-path.js';
 import { assertClose, cpuEngine, rng } from './support/engine.js';
+import { rejectsWith, throwsWith } from './support/errors.js';
 
 // A byte tokenizer: 256 bytes + BOS + EOS = 258 tokens; the model's vocabulary must agree.
 const byteTokenizer = (): Tokenizer => createByteTokenizer({ bosToken: '<s>', eosToken: '</s>' });
@@ -33,18 +34,6 @@ const V = 258;
 const LLAMA: ModelConfigInput = { modelType: 'llama', vocabSize: V, dModel: 64, nLayers: 2, nHeads: 4, nKvHeads: 2, dFF: 96, maxSeqLen: 64 };
 // Short schedules keep the CPU steps small: 2 sampled thought tokens, 2 talk tokens.
 const SMALL: Partial<QuietStarOptions> = { nAhead: 5, nAheadTalk: 2, nPasses: 2 };
-
-async function rejectsWith(t: ExecutionContext, p: Promise<unknown>, code: ErrorCode, pattern: RegExp): Promise<void> {
-  const err = await t.throwsAsync(p, { instanceOf: QuietstarError });
-  t.is(err?.code, code, err?.message);
-  t.regex(err?.message ?? '', pattern);
-}
-
-function throwsWith(t: ExecutionContext, fn: () => unknown, code: ErrorCode, pattern: RegExp): void {
-  const err = t.throws(fn, { instanceOf: QuietstarError });
-  t.is(err?.code, code, err?.message);
-  t.regex(err?.message ?? '', pattern);
-}
 
 /** Texts as a spec §2.2 batch: BOS + bytes, right-padded with pad = EOS, labels −100 at pads. */
 function makeBatch(tok: Tokenizer, texts: string[], T: number): QuietStarBatch {

@@ -11,12 +11,9 @@
  *     and an exported folder that QuietStarModel.load reads; bad flags exit 2 naming the flag.
  */
 import test from 'ava';
-import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 
 import { QuietstarError } from '../lib/errors.js';
 import { savePretrained } from '../lib/hf/checkpoint.js';
@@ -37,9 +34,9 @@ import { trainQuietStar, type QuietStarTrainMetrics } from '../lib/quietstar/tra
 import { gpt2TokenizerJson } from '../lib/tokenizer/gpt2-files.js';
 import { createByteTokenizer } from '../lib/tokenizer/index.js';
 import { lrSchedule } from '../lib/train/schedule.js';
+import { cli, type Run } from './support/cli.js';
 import { cpuEngine, rng } from './support/engine.js';
 
-const root = fileURLToPath(new URL('..', import.meta.url));
 
 let tmp = '';
 test.before(async () => {
@@ -326,26 +323,6 @@ test('checkpoint + resume continues bit-identically; abort stops with a checkpoi
 });
 
 // ---- CLI ------------------------------------------------------------------------------------
-
-interface Run {
-  status: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function cli(...args: string[]): Promise<Run> {
-  try {
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, ['--import=tsx', 'lib/cli.ts', ...args], {
-      cwd: root,
-      encoding: 'utf8',
-      maxBuffer: 16 << 20,
-    });
-    return { status: 0, stdout, stderr };
-  } catch (err) {
-    const e = err as { code?: number; stdout?: string; stderr?: string };
-    return { status: typeof e.code === 'number' ? e.code : 1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-  }
-}
 
 /** GPT-2's byte → printable character map (bytes_to_unicode). */
 function byteChars(): string[] {

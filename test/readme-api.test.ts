@@ -8,7 +8,17 @@ import { join } from 'node:path';
 
 import test from 'ava';
 
-import { Engine, Model, generate, loadPretrained, loadTokenizer, savePretrained } from '../lib/index.js';
+import {
+  Engine,
+  Model,
+  QuietStarModel,
+  generate,
+  loadPretrained,
+  loadQuietStarData,
+  loadTokenizer,
+  savePretrained,
+  trainQuietStar,
+} from '../lib/index.js';
 import { dataPath, missingData } from '../lib/util/data-path.js';
 
 const reason = missingData('models', 'stories260K-hf') ?? missingData('models', 'stories260K-llama2c', 'tok512.bin');
@@ -61,6 +71,45 @@ if (reason) console.log(`readme-api: skipped: ${reason}`);
     await tiny.initWeights(42);
     t.is(tiny.config.headDim, 8);
     tiny.dispose();
+  } finally {
+    engine.dispose();
+    rmSync(out, { recursive: true, force: true });
+  }
+});
+
+(reason ? test.skip : test)('the README Quiet-STaR example runs as documented', async (t) => {
+  const out = mkdtempSync(join(tmpdir(), 'qs-readme-qs-'));
+  const engine = Engine.create({ device: 'cpu' });
+  try {
+    const tokenizer = dataPath('models', 'stories260K-llama2c', 'tok512.bin');
+    // The README's values, made small (nAhead 6, 2 steps of 2 documents of 32 tokens) for the test.
+    const qs = await QuietStarModel.fromPretrained(engine, dataPath('models', 'stories260K-hf'), {
+      tokenizer,
+      quietstar: { nAhead: 6, nAheadTalk: 2, nPasses: 2 },
+    });
+    const data = await loadQuietStarData({
+      file: dataPath('tinystories_sample', 'tinystories_sample.txt'),
+      tokenizer: qs.tokenizer,
+      documentSeparator: '<|endoftext|>',
+    });
+    const controller = new AbortController();
+    const steps = [];
+    for await (const m of trainQuietStar(
+      qs,
+      data,
+      { maxSteps: 2, seqLen: 32, batchSize: 2, microBatchSize: 2, evalEvery: 0, outDir: join(out, 'qs') },
+      { signal: controller.signal },
+    )) {
+      t.true(Number.isFinite(m.loss) && Number.isFinite(m.nllBase) && Number.isFinite(m.nllTalk));
+      t.true(Number.isFinite(m.policyLoss) && Number.isFinite(m.rewardMean) && Number.isFinite(m.mixMean));
+      steps.push(m.step);
+    }
+    t.deepEqual(steps, [1, 2]);
+    await qs.save(join(out, 'qs', 'final'));
+    qs.dispose();
+    const back = await QuietStarModel.load(engine, join(out, 'qs', 'final'));
+    t.is(back.endId, back.startId + 1);
+    back.dispose();
   } finally {
     engine.dispose();
     rmSync(out, { recursive: true, force: true });

@@ -1,7 +1,9 @@
 /**
  * What the CLI commands share: flag parsing with errors that name the flag, the engine, finding
- * a tokenizer, and the corpus flags of the commands that read one.
+ * a tokenizer, the corpus flags of the commands that read one, and the held-out data and output
+ * flags of the training commands.
  */
+import { promises as fsp } from 'node:fs';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 
 import type { CorpusFormat } from '../data/corpus.js';
@@ -177,4 +179,56 @@ export function tokenizerHint(tok: Tokenizer | undefined, where?: string): (err:
     }
     throw err;
   };
+}
+
+/** Flags of the training commands (train, train-lm) for held-out data and their output folder. */
+export const TRAIN_IO_FLAGS = {
+  'eval-data': { type: 'string' },
+  'eval-fraction': { type: 'string' },
+  'eval-every': { type: 'string' },
+  'eval-batches': { type: 'string' },
+  out: { type: 'string' },
+  'checkpoint-every': { type: 'string' },
+  'keep-checkpoints': { type: 'string' },
+  'save-dtype': { type: 'string' },
+} as const satisfies Options;
+
+/** The end of the training commands' help: checkpoint retention, weight dtype, engine flags, Ctrl-C. */
+export const TRAIN_HELP_TAIL = `  --keep-checkpoints N     keep the newest N checkpoints, 0 = all (default 0)
+  --save-dtype D           F32 | BF16 | F16 for the saved weights (default F32)
+${ENGINE_HELP}
+
+Ctrl-C stops after the current step, writes a checkpoint and saves the model.
+`;
+
+/** --eval-data FILE or --eval-fraction F (not both), as the data loaders take them. */
+export function evalDataFlags(values: FlagValues): { evalFile?: string; evalFraction: number } {
+  const evalFile = str(values, 'eval-data');
+  const evalFraction = num(values, 'eval-fraction', 0, (x) => x >= 0 && x < 1, 'a number in [0, 1)');
+  if (evalFile !== undefined && evalFraction > 0) throw new UsageError('give only one of --eval-data and --eval-fraction');
+  return { ...(evalFile !== undefined ? { evalFile } : {}), evalFraction };
+}
+
+export type SaveDtype = 'F32' | 'BF16' | 'F16';
+
+/** --save-dtype, validated; undefined when not given. */
+export function saveDtypeFlag(values: FlagValues): SaveDtype | undefined {
+  const v = str(values, 'save-dtype');
+  if (v !== undefined && !['F32', 'BF16', 'F16'].includes(v)) throw new UsageError(`--save-dtype must be F32, BF16 or F16 (got '${v}')`);
+  return v as SaveDtype | undefined;
+}
+
+/** A JSON file given on the command line; errors start with `what` (e.g. "--config FILE"). */
+export async function readJsonFile(file: string, what: string): Promise<unknown> {
+  let text: string;
+  try {
+    text = await fsp.readFile(file, 'utf8');
+  } catch {
+    throw new QuietstarError(`${what}: file not found`, 'NOT_FOUND');
+  }
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new QuietstarError(`${what}: invalid JSON (${(err as Error).message})`, 'BAD_FILE');
+  }
 }

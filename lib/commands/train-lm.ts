@@ -7,11 +7,8 @@
 import { promises as fsp } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 
-import cliProgress from 'cli-progress';
-
 import { loadLmData } from '../data/index.js';
 import type { Engine } from '../engine.js';
-import { QuietstarError } from '../errors.js';
 import { loadPretrained, savePretrained } from '../hf/checkpoint.js';
 import { modelConfigFromHF } from '../hf/config.js';
 import { createModelConfig, type ModelConfigInput } from '../model/config.js';
@@ -21,20 +18,25 @@ import { METRICS_FILE, trainLm, type TrainLmConfig, type TrainLmMetrics } from '
 import {
   CORPUS_FLAGS,
   ENGINE_FLAGS,
-  ENGINE_HELP,
+  TRAIN_HELP_TAIL,
+  TRAIN_IO_FLAGS,
   UsageError,
   corpusFlags,
+  evalDataFlags,
   findTokenizer,
   int,
   num,
   openEngine,
   parseFlags,
+  readJsonFile,
   required,
+  saveDtypeFlag,
   seqLenFor,
   str,
   tokenizerHint,
   type FlagValues,
 } from './common.js';
+import { trainingProgress } from './progress.js';
 
 export const TRAIN_LM_HELP = `usage: quietstar train-lm (--model DIR | --config FILE | --resume DIR) --data FILE --out DIR [options]
 
@@ -73,23 +75,15 @@ optimisation:
 output:
   --out DIR                output folder (required)
   --checkpoint-every N     checkpoint every N steps (default 0 = after the last step only)
-  --keep-checkpoints N     keep the newest N checkpoints, 0 = all (default 0)
-  --save-dtype D           F32 | BF16 | F16 for the saved weights (default F32)
-${ENGINE_HELP}
-
-Ctrl-C stops after the current step, writes a checkpoint and saves the model.
-`;
+${TRAIN_HELP_TAIL}`;
 
 const FLAGS = {
   ...ENGINE_FLAGS,
   ...CORPUS_FLAGS,
+  ...TRAIN_IO_FLAGS,
   model: { type: 'string' },
   config: { type: 'string' },
   resume: { type: 'string' },
-  'eval-data': { type: 'string' },
-  'eval-fraction': { type: 'string' },
-  'eval-every': { type: 'string' },
-  'eval-batches': { type: 'string' },
   steps: { type: 'string' },
   lr: { type: 'string' },
   'min-lr': { type: 'string' },
@@ -100,10 +94,6 @@ const FLAGS = {
   'weight-decay': { type: 'string' },
   clip: { type: 'string' },
   seed: { type: 'string' },
-  out: { type: 'string' },
-  'checkpoint-every': { type: 'string' },
-  'keep-checkpoints': { type: 'string' },
-  'save-dtype': { type: 'string' },
 } as const;
 
 // Tokenizer files copied beside the saved weights, so `--model OUT` finds its tokenizer.
@@ -135,20 +125,6 @@ async function copyFiles(files: string[], dir: string): Promise<void> {
   for (const f of files) await fsp.copyFile(f, join(dir, basename(f)));
 }
 
-async function readJson(file: string): Promise<unknown> {
-  let text: string;
-  try {
-    text = await fsp.readFile(file, 'utf8');
-  } catch {
-    throw new QuietstarError(`--config ${file}: file not found`, 'NOT_FOUND');
-  }
-  try {
-    return JSON.parse(text);
-  } catch (err) {
-    throw new QuietstarError(`--config ${file}: invalid JSON (${(err as Error).message})`, 'BAD_FILE');
-  }
-}
-
 /** The model to train and the folder its tokenizer may live in. */
 async function createModel(engine: Engine, values: FlagValues, seed: number): Promise<{ model: Model; dir?: string }> {
   const modelDir = str(values, 'model');
@@ -157,7 +133,7 @@ async function createModel(engine: Engine, values: FlagValues, seed: number): Pr
   if (modelDir !== undefined && configFile !== undefined) throw new UsageError('give only one of --model DIR and --config FILE');
   if (modelDir !== undefined) return { model: await loadPretrained(engine, modelDir), dir: modelDir };
   if (configFile !== undefined) {
-    const json = await readJson(configFile);
+    const json = await readJsonFile(configFile, `--config ${configFile}`);
     const rec = (typeof json === 'object' && json !== null ? json : {}) as Record<string, unknown>;
     let config;
     if ('model_type' in rec) config = modelConfigFromHF(json, configFile);
@@ -185,16 +161,13 @@ export async function trainLmCommand(argv: string[]): Promise<number> {
   const dataFile = required(values, 'data');
   const outDir = required(values, 'out');
   const corpusOptions = corpusFlags(values);
-  const evalFile = str(values, 'eval-data');
-  const evalFraction = num(values, 'eval-fraction', 0, (x) => x >= 0 && x < 1, 'a number in [0, 1)');
-  if (evalFile !== undefined && evalFraction > 0) throw new UsageError('give only one of --eval-data and --eval-fraction');
+  const evalOptions = evalDataFlags(values);
   const seed = int(values, 'seed', 0, 0);
   const batchSize = int(values, 'batch-size', 8, 1);
   const gradAccumulation = int(values, 'grad-accum', 1, 1);
   const schedule = str(values, 'schedule') ?? 'cosine';
   if (!['cosine', 'linear', 'constant'].includes(schedule)) throw new UsageError(`--schedule must be cosine, linear or constant (got '${schedule}')`);
-  const saveDtype = str(values, 'save-dtype') ?? 'F32';
-  if (!['F32', 'BF16', 'F16'].includes(saveDtype)) throw new UsageError(`--save-dtype must be F32, BF16 or F16 (got '${saveDtype}')`);
+  const saveDtype = saveDtypeFlag(values) ?? 'F32';
   const lr = num(values, 'lr', 3e-4, (x) => x >= 0, 'a number >= 0');
   const config: TrainLmConfig = {
     maxSteps: 1, // set below, once the data is known
@@ -211,7 +184,7 @@ export async function trainLmCommand(argv: string[]): Promise<number> {
     checkpointEvery: int(values, 'checkpoint-every', 0, 0),
     keepCheckpoints: int(values, 'keep-checkpoints', 0, 0),
     seed,
-    saveDtype: saveDtype as 'F32' | 'BF16' | 'F16',
+    saveDtype,
     outDir,
   };
   const resume = str(values, 'resume');
@@ -233,26 +206,12 @@ export async function trainLmCommand(argv: string[]): Promise<number> {
     ...corpusOptions,
     ...(tok ? { tokenizer: tok } : {}),
     vocabSize: model.config.vocabSize,
-    ...(evalFile !== undefined ? { evalFile } : {}),
-    evalFraction,
+    ...evalOptions,
   }).catch(tokenizerHint(tok));
   if (data.train.rows === 0) throw new UsageError(`--data ${dataFile}: too short for one row of --seq-len ${seqLen} tokens`);
   config.maxSteps = stepsFlag || Math.max(1, Math.ceil(data.train.rows / (batchSize * gradAccumulation)));
 
-  const abort = new AbortController();
-  const onSigint = (): void => abort.abort();
-  process.once('SIGINT', onSigint);
-  const tty = process.stderr.isTTY === true;
-  const bar = new cliProgress.SingleBar(
-    {
-      stream: process.stderr,
-      format: 'step {value}/{total} |{bar}| loss {loss} | lr {lr} | {tps} tok/s | ETA {eta_formatted}',
-      etaBuffer: 20,
-      hideCursor: true,
-    },
-    cliProgress.Presets.shades_classic,
-  );
-  const logEvery = Math.max(1, Math.floor(config.maxSteps / 20));
+  const progress = trainingProgress('step {value}/{total} |{bar}| loss {loss} | lr {lr} | {tps} tok/s | ETA {eta_formatted}', 20, config.maxSteps);
   process.stderr.write(
     `train-lm: ${model.numParameters()} parameters, ${data.train.rows} training rows of ${seqLen} tokens` +
       `${data.eval ? `, ${data.eval.rows} held-out rows` : ''}; ${config.maxSteps} steps of ${batchSize * gradAccumulation} rows\n`,
@@ -260,31 +219,25 @@ export async function trainLmCommand(argv: string[]): Promise<number> {
   let last: TrainLmMetrics | undefined;
   let lastEval: TrainLmMetrics | undefined;
   try {
-    let started = false;
     for await (const m of trainLm(model, data, config, {
-      signal: abort.signal,
+      signal: progress.signal,
       onCheckpoint: (d) => copyFiles(tokFiles, d),
     })) {
       last = m;
       if (m.evalLoss !== undefined) lastEval = m;
       const payload = { loss: m.loss.toFixed(4), lr: fmtLr(m.lr), tps: Math.round(m.tokensPerSecond) };
-      if (tty) {
-        if (!started) bar.start(config.maxSteps, m.step - 1, payload);
-        started = true;
-        bar.update(m.step, payload);
-      } else if (m.step % logEvery === 0 || m.step === config.maxSteps || m.evalLoss !== undefined) {
+      if (!progress.show(m.step, payload) && progress.logDue(m.step, m.evalLoss !== undefined)) {
         const ev = m.evalLoss !== undefined ? ` eval ${m.evalLoss.toFixed(4)} (ppl ${m.evalPerplexity?.toFixed(2)})` : '';
         process.stderr.write(`step ${m.step}/${config.maxSteps} loss ${payload.loss} lr ${payload.lr} ${payload.tps} tok/s${ev}\n`);
       }
     }
   } finally {
-    if (tty) bar.stop();
-    process.removeListener('SIGINT', onSigint);
+    progress.close();
   }
   await savePretrained(model, outDir, { dtype: config.saveDtype ?? 'F32' });
   await copyFiles(tokFiles, outDir);
   const summary = last
-    ? `${abort.signal.aborted ? 'interrupted at' : 'finished'} step ${last.step}, loss ${last.loss.toFixed(4)}` +
+    ? `${progress.signal.aborted ? 'interrupted at' : 'finished'} step ${last.step}, loss ${last.loss.toFixed(4)}` +
       (lastEval ? `, eval loss ${lastEval.evalLoss!.toFixed(4)} (perplexity ${lastEval.evalPerplexity!.toFixed(2)})` : '')
     : `nothing to do: the checkpoint is already at step ${config.maxSteps}`;
   process.stderr.write(`train-lm: ${summary}; model saved to ${outDir}, metrics in ${join(outDir, METRICS_FILE)}\n`);

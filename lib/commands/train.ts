@@ -7,8 +7,6 @@
 import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 
-import cliProgress from 'cli-progress';
-
 import type { Engine } from '../engine.js';
 import { QuietstarError } from '../errors.js';
 import { resolveCheckpointDir } from '../train/checkpoint.js';
@@ -20,18 +18,23 @@ import { METRICS_FILE, maxSeqLenFor, trainQuietStar, type QuietStarTrainMetrics 
 import {
   CORPUS_FLAGS,
   ENGINE_FLAGS,
-  ENGINE_HELP,
+  TRAIN_HELP_TAIL,
+  TRAIN_IO_FLAGS,
   UsageError,
   corpusFlags,
+  evalDataFlags,
   int,
   num,
   openEngine,
   parseFlags,
+  readJsonFile,
   required,
+  saveDtypeFlag,
   str,
   tokenizerHint,
   type FlagValues,
 } from './common.js';
+import { trainingProgress } from './progress.js';
 
 export const TRAIN_HELP = `usage: quietstar train --model DIR --data FILE --out DIR [options]
 
@@ -78,24 +81,16 @@ output:
   --out DIR                output folder (required)
   --metrics FILE           metrics JSON lines (default OUT/metrics.jsonl)
   --checkpoint-every N     checkpoint every N steps (default 100; 0 = after the last step only)
-  --keep-checkpoints N     keep the newest N checkpoints, 0 = all (default 0)
-  --save-dtype D           F32 | BF16 | F16 for the saved weights (default F32)
-${ENGINE_HELP}
-
-Ctrl-C stops after the current step, writes a checkpoint and saves the model.
-`;
+${TRAIN_HELP_TAIL}`;
 
 const FLAGS = {
   ...ENGINE_FLAGS,
   ...CORPUS_FLAGS,
+  ...TRAIN_IO_FLAGS,
   model: { type: 'string' },
   config: { type: 'string' },
   resume: { type: 'boolean' },
   crop: { type: 'string' },
-  'eval-data': { type: 'string' },
-  'eval-fraction': { type: 'string' },
-  'eval-every': { type: 'string' },
-  'eval-batches': { type: 'string' },
   steps: { type: 'string' },
   'batch-size': { type: 'string' },
   'micro-batch-size': { type: 'string' },
@@ -105,26 +100,8 @@ const FLAGS = {
   'n-ahead-talk': { type: 'string' },
   'n-passes': { type: 'string' },
   seed: { type: 'string' },
-  out: { type: 'string' },
   metrics: { type: 'string' },
-  'checkpoint-every': { type: 'string' },
-  'keep-checkpoints': { type: 'string' },
-  'save-dtype': { type: 'string' },
 } as const;
-
-async function readJson(file: string, what: string): Promise<unknown> {
-  let text: string;
-  try {
-    text = await fsp.readFile(file, 'utf8');
-  } catch {
-    throw new QuietstarError(`${what}: file not found`, 'NOT_FOUND');
-  }
-  try {
-    return JSON.parse(text);
-  } catch (err) {
-    throw new QuietstarError(`${what}: invalid JSON (${(err as Error).message})`, 'BAD_FILE');
-  }
-}
 
 /** The QuietStarConfig fields the flags set (validated; UsageErrors name the flag). */
 function configFromFlags(values: FlagValues): QuietStarConfig {
@@ -152,11 +129,8 @@ function configFromFlags(values: FlagValues): QuietStarConfig {
     if (crop !== 'random' && crop !== 'start') throw new UsageError(`--crop must be random or start (got '${crop}')`);
     c.cropMode = crop;
   }
-  const saveDtype = str(values, 'save-dtype');
-  if (saveDtype !== undefined) {
-    if (!['F32', 'BF16', 'F16'].includes(saveDtype)) throw new UsageError(`--save-dtype must be F32, BF16 or F16 (got '${saveDtype}')`);
-    c.saveDtype = saveDtype as 'F32' | 'BF16' | 'F16';
-  }
+  const saveDtype = saveDtypeFlag(values);
+  if (saveDtype !== undefined) c.saveDtype = saveDtype;
   const metrics = str(values, 'metrics');
   if (metrics !== undefined) {
     if (metrics === '') throw new UsageError('--metrics must be a file path');
@@ -170,7 +144,7 @@ async function isQuietStarFolder(dir: string): Promise<boolean> {
   const file = join(dir, 'config.json');
   const exists = await fsp.stat(file).then(() => true, () => false);
   if (!exists) return false;
-  const json = await readJson(file, file);
+  const json = await readJsonFile(file, file);
   return typeof json === 'object' && json !== null && 'quietstar' in json;
 }
 
@@ -205,9 +179,7 @@ export async function trainCommand(argv: string[]): Promise<number> {
   const dataFile = required(values, 'data');
   const outDir = required(values, 'out');
   const corpusOptions = corpusFlags(values);
-  const evalFile = str(values, 'eval-data');
-  const evalFraction = num(values, 'eval-fraction', 0, (x) => x >= 0 && x < 1, 'a number in [0, 1)');
-  if (evalFile !== undefined && evalFraction > 0) throw new UsageError('give only one of --eval-data and --eval-fraction');
+  const evalOptions = evalDataFlags(values);
   const flagConfig = configFromFlags(values);
   const resume = values.resume === true;
 
@@ -226,7 +198,7 @@ export async function trainCommand(argv: string[]): Promise<number> {
   }
   const configFile = str(values, 'config');
   if (configFile !== undefined) {
-    const json = await readJson(configFile, `--config ${configFile}`);
+    const json = await readJsonFile(configFile, `--config ${configFile}`);
     try {
       checkConfigKeys(json, 'config');
     } catch (err) {
@@ -255,24 +227,14 @@ export async function trainCommand(argv: string[]): Promise<number> {
     file: dataFile,
     tokenizer: qs.tokenizer,
     ...corpusOptions,
-    ...(evalFile !== undefined ? { evalFile } : {}),
-    evalFraction,
+    ...evalOptions,
   }).catch(tokenizerHint(qs.tokenizer));
   if (data.train.rows === 0) throw new UsageError(`--data ${dataFile}: no document of 2 tokens or more`);
 
-  const abort = new AbortController();
-  const onSigint = (): void => abort.abort();
-  process.once('SIGINT', onSigint);
-  const tty = process.stderr.isTTY === true;
-  const bar = new cliProgress.SingleBar(
-    {
-      stream: process.stderr,
-      format:
-        'step {value}/{total} |{bar}| loss {loss} | nll base {base} talk {talk} | policy {policy} | reward {reward} | {tps} tok/s | ETA {eta_formatted}',
-      etaBuffer: 10,
-      hideCursor: true,
-    },
-    cliProgress.Presets.shades_classic,
+  const progress = trainingProgress(
+    'step {value}/{total} |{bar}| loss {loss} | nll base {base} talk {talk} | policy {policy} | reward {reward} | {tps} tok/s | ETA {eta_formatted}',
+    10,
+    resolved.maxSteps,
   );
   const o = qs.options;
   process.stderr.write(
@@ -281,11 +243,9 @@ export async function trainCommand(argv: string[]): Promise<number> {
       `(${resolved.batchSize / resolved.microBatchSize} x ${resolved.microBatchSize}) of ${resolved.seqLen} tokens; ` +
       `nAhead ${o.nAhead} (${Math.max(0, o.nAhead - 3)} thought tokens), nAheadTalk ${o.nAheadTalk}, nPasses ${o.nPasses}\n`,
   );
-  const logEvery = Math.max(1, Math.floor(resolved.maxSteps / 20));
   let last: QuietStarTrainMetrics | undefined;
   try {
-    let started = false;
-    for await (const m of trainQuietStar(qs, data, config, { signal: abort.signal })) {
+    for await (const m of trainQuietStar(qs, data, config, { signal: progress.signal })) {
       last = m;
       const payload = {
         loss: fix(m.loss),
@@ -295,11 +255,7 @@ export async function trainCommand(argv: string[]): Promise<number> {
         reward: small(m.rewardMean),
         tps: Math.round(m.tokensPerSecond),
       };
-      if (tty) {
-        if (!started) bar.start(resolved.maxSteps, m.step - 1, payload);
-        started = true;
-        bar.update(m.step, payload);
-      } else if (m.step % logEvery === 0 || m.step === resolved.maxSteps || m.evalLoss !== undefined) {
+      if (!progress.show(m.step, payload) && progress.logDue(m.step, m.evalLoss !== undefined)) {
         const ev = m.evalLoss !== undefined ? ` | eval loss ${fix(m.evalLoss)} base ${fix(m.evalNllBase)} talk ${fix(m.evalNllTalk)}` : '';
         process.stderr.write(
           `step ${m.step}/${resolved.maxSteps} loss ${payload.loss} | nll base ${payload.base} talk ${payload.talk} | policy ${payload.policy}` +
@@ -308,13 +264,12 @@ export async function trainCommand(argv: string[]): Promise<number> {
       }
     }
   } finally {
-    if (tty) bar.stop();
-    process.removeListener('SIGINT', onSigint);
+    progress.close();
   }
   await qs.save(outDir, { dtype: resolved.saveDtype });
   const metricsFile = resolved.metricsFile ?? join(outDir, METRICS_FILE);
   const summary = last
-    ? `${abort.signal.aborted ? 'interrupted at' : 'finished'} step ${last.step}, loss ${fix(last.loss)} (nll base ${fix(last.nllBase)}, talk ${fix(last.nllTalk)})` +
+    ? `${progress.signal.aborted ? 'interrupted at' : 'finished'} step ${last.step}, loss ${fix(last.loss)} (nll base ${fix(last.nllBase)}, talk ${fix(last.nllTalk)})` +
       (last.evalLoss !== undefined ? `, eval loss ${fix(last.evalLoss)}` : '')
     : `nothing to do: the checkpoint is already at step ${resolved.maxSteps}`;
   process.stderr.write(`train: ${summary}; Quiet-STaR model saved to ${outDir}, metrics in ${metricsFile}\n`);

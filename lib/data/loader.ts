@@ -9,7 +9,9 @@
  */
 import { QuietstarError } from '../errors.js';
 import type { LmDataset } from './dataset.js';
-import { permutation } from './prng.js';
+import { EpochLoader, type EpochLoaderOptions } from './epoch-loader.js';
+
+export type { DataPosition } from './epoch-loader.js';
 
 /** A batch for Model.forward: ids and targets are row-major (B, T); target -100 is ignored. */
 export interface Batch {
@@ -21,23 +23,8 @@ export interface Batch {
   tokens: number;
 }
 
-/** Where a {@link BatchLoader} stands: the next row is `order(epoch)[index]`. JSON-serialisable. */
-export interface DataPosition {
-  epoch: number;
-  index: number;
-}
-
 /** Options of {@link BatchLoader}. */
-export interface BatchLoaderOptions {
-  /** Rows per batch. */
-  batchSize: number;
-  /** Shuffling seed (an integer in [0, 2^53)). @defaultValue 0 */
-  seed?: number;
-  /** Shuffle rows each epoch; false visits them in order. @defaultValue true */
-  shuffle?: boolean;
-  /** Start here instead of `{epoch: 0, index: 0}`. */
-  position?: DataPosition;
-}
+export type BatchLoaderOptions = EpochLoaderOptions;
 
 /** Fills one batch from the given rows. */
 export function makeBatch(dataset: LmDataset, rows: ArrayLike<number>): Batch {
@@ -50,66 +37,17 @@ export function makeBatch(dataset: LmDataset, rows: ArrayLike<number>): Batch {
   return { ids, targets, B, T, tokens };
 }
 
-export class BatchLoader {
-  readonly batchSize: number;
-  readonly seed: number;
-  readonly shuffle: boolean;
-  private epoch = 0;
-  private index = 0;
-  private order: Uint32Array | undefined; // permutation of the current epoch (built lazily)
-
+export class BatchLoader extends EpochLoader {
   constructor(
     readonly dataset: LmDataset,
     options: BatchLoaderOptions,
   ) {
-    const { batchSize, seed = 0, shuffle = true } = options;
-    if (!Number.isInteger(batchSize) || batchSize < 1) {
-      throw new QuietstarError(`loader.batchSize must be an integer >= 1 (got ${String(batchSize)})`, 'INVALID_ARGUMENT');
-    }
-    if (!Number.isSafeInteger(seed) || seed < 0) throw new QuietstarError(`loader.seed must be an integer >= 0 (got ${String(seed)})`, 'INVALID_ARGUMENT');
-    if (dataset.rows === 0) throw new QuietstarError(`the dataset has no rows of T=${dataset.seqLen}+1 tokens (too little data?)`, 'INVALID_ARGUMENT');
-    this.batchSize = batchSize;
-    this.seed = seed;
-    this.shuffle = shuffle;
-    if (options.position) this.seek(options.position);
-  }
-
-  /** The position of the next row (a copy). */
-  get position(): DataPosition {
-    return { epoch: this.epoch, index: this.index };
-  }
-
-  /** Continues from `position` (as returned by {@link position}). */
-  seek(position: DataPosition): void {
-    const { epoch, index } = position ?? {};
-    if (!Number.isInteger(epoch) || epoch < 0 || !Number.isInteger(index) || index < 0 || index >= this.dataset.rows) {
-      throw new QuietstarError(
-        `data position must be {epoch >= 0, index in [0, ${this.dataset.rows})} (got ${JSON.stringify(position)}); was it saved for another dataset?`,
-        'INVALID_ARGUMENT',
-      );
-    }
-    if (epoch !== this.epoch) this.order = undefined;
-    this.epoch = epoch;
-    this.index = index;
+    super(dataset.rows, options, `the dataset has no rows of T=${dataset.seqLen}+1 tokens (too little data?)`);
   }
 
   /** The next `batchSize` rows (crossing into the next epoch when this one runs out). */
   next(): Batch {
-    const rows = new Uint32Array(this.batchSize);
-    for (let b = 0; b < this.batchSize; b++) rows[b] = this.nextRow();
-    return makeBatch(this.dataset, rows);
-  }
-
-  private nextRow(): number {
-    const n = this.dataset.rows;
-    if (this.shuffle && !this.order) this.order = permutation(n, this.seed, this.epoch);
-    const row = this.order ? (this.order[this.index] as number) : this.index;
-    if (++this.index === n) {
-      this.index = 0;
-      this.epoch++;
-      this.order = undefined;
-    }
-    return row;
+    return makeBatch(this.dataset, this.take().rows);
   }
 }
 

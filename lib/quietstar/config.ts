@@ -11,6 +11,7 @@
  * seed 42.
  */
 import { QuietstarError } from '../errors.js';
+import { checkPaths, fail, int, num, oneOf } from '../train/config-check.js';
 import { resolveQuietStarOptions, type QuietStarOptions } from './options.js';
 
 /** How a document longer than seqLen is cut to seqLen tokens. */
@@ -107,25 +108,6 @@ const TRAINING_KEYS = [
 
 const KEYS: ReadonlySet<string> = new Set<string>([...QUIETSTAR_OPTION_KEYS, ...TRAINING_KEYS]);
 
-function fail(field: string, want: string, got: unknown): never {
-  throw new QuietstarError(`config.${field} must be ${want} (got ${JSON.stringify(got) ?? String(got)})`, 'INVALID_ARGUMENT');
-}
-
-function int(field: string, v: unknown, min: number): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) fail(field, `an integer >= ${min}`, v);
-  return v;
-}
-
-function num(field: string, v: unknown, ok: (x: number) => boolean, want: string): number {
-  if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v)) fail(field, want, v);
-  return v;
-}
-
-function oneOf<T extends string>(field: string, v: unknown, allowed: readonly T[]): T {
-  if (!allowed.includes(v as T)) fail(field, allowed.map((a) => `'${a}'`).join(', ').replace(/, ([^,]*)$/, ' or $1'), v);
-  return v as T;
-}
-
 /** The algorithm options `config` sets explicitly (to create or load a QuietStarModel with). */
 export function quietStarOptionsOf(config: QuietStarConfig): Partial<QuietStarOptions> {
   const out: Record<string, unknown> = {};
@@ -161,9 +143,7 @@ export function resolveQuietStarConfig(config: QuietStarConfig = {}): ResolvedQu
   if (batchSize % microBatchSize !== 0) fail('batchSize', `a multiple of microBatchSize ${microBatchSize}`, batchSize);
   const warmupSteps = int('warmupSteps', c.warmupSteps ?? 20, 0);
   const decaySteps = int('decaySteps', c.decaySteps ?? 100000, 1);
-  for (const f of ['outDir', 'metricsFile', 'resumeFrom'] as const) {
-    if (c[f] !== undefined && (typeof c[f] !== 'string' || c[f] === '')) fail(f, 'a path', c[f]);
-  }
+  checkPaths(c, ['outDir', 'metricsFile', 'resumeFrom']);
   const resolved: ResolvedQuietStarConfig = {
     ...options,
     maxSteps: int('maxSteps', c.maxSteps ?? 100, 1),

@@ -17,8 +17,8 @@
  */
 import { readCorpus, type CorpusFormat, type CorpusTokenizer } from '../data/corpus.js';
 import { IGNORE_INDEX } from '../data/dataset.js';
-import type { DataPosition } from '../data/loader.js';
-import { Xoshiro128, permutation } from '../data/prng.js';
+import { EpochLoader, type DataPosition } from '../data/epoch-loader.js';
+import { Xoshiro128 } from '../data/prng.js';
 import { QuietstarError } from '../errors.js';
 import type { CropMode } from './config.js';
 
@@ -161,60 +161,22 @@ export interface QuietStarLoaderOptions extends RowOptions {
 }
 
 /** Training batches: every document once per epoch in a seeded order, epochs back to back. */
-export class QuietStarLoader {
-  readonly batchSize: number;
+export class QuietStarLoader extends EpochLoader {
   private readonly rowOptions: Required<RowOptions>;
-  private readonly shuffle: boolean;
-  private epoch = 0;
-  private index = 0;
-  private order: Uint32Array | undefined; // the current epoch's permutation (built lazily)
 
   constructor(
     readonly dataset: QuietStarDataset,
     options: QuietStarLoaderOptions,
   ) {
-    const { batchSize, seqLen, cropMode = 'random', seed = 0, shuffle = true } = options;
-    if (!Number.isInteger(batchSize) || batchSize < 1) throw invalid(`loader.batchSize must be an integer >= 1 (got ${String(batchSize)})`);
-    if (!Number.isSafeInteger(seed) || seed < 0) throw invalid(`loader.seed must be an integer >= 0 (got ${String(seed)})`);
-    if (dataset.rows === 0) throw invalid('the training data has no document of 2 tokens or more');
-    this.batchSize = batchSize;
-    this.rowOptions = { seqLen, cropMode, seed };
-    this.shuffle = shuffle;
-    if (options.position) this.seek(options.position);
-  }
-
-  /** The position of the next document (a copy; JSON-serialisable). */
-  get position(): DataPosition {
-    return { epoch: this.epoch, index: this.index };
-  }
-
-  /** Continues from `position` (as returned by {@link position}). */
-  seek(position: DataPosition): void {
-    const { epoch, index } = position ?? {};
-    if (!Number.isInteger(epoch) || epoch < 0 || !Number.isInteger(index) || index < 0 || index >= this.dataset.rows) {
-      throw invalid(`data position must be {epoch >= 0, index in [0, ${this.dataset.rows})} (got ${JSON.stringify(position)}); was it saved for other data?`);
-    }
-    if (epoch !== this.epoch) this.order = undefined;
-    this.epoch = epoch;
-    this.index = index;
+    super(dataset.rows, options, 'the training data has no document of 2 tokens or more');
+    const { seqLen, cropMode = 'random' } = options;
+    this.rowOptions = { seqLen, cropMode, seed: this.seed };
   }
 
   /** The next `batchSize` documents (crossing into the next epoch when this one runs out). */
   next(): QuietStarDataBatch {
-    const docs = new Uint32Array(this.batchSize);
-    const epochs = new Uint32Array(this.batchSize);
-    const n = this.dataset.rows;
-    for (let b = 0; b < this.batchSize; b++) {
-      if (this.shuffle && !this.order) this.order = permutation(n, this.rowOptions.seed, this.epoch);
-      docs[b] = this.order ? (this.order[this.index] as number) : this.index;
-      epochs[b] = this.epoch;
-      if (++this.index === n) {
-        this.index = 0;
-        this.epoch++;
-        this.order = undefined;
-      }
-    }
-    return makeQuietStarBatch(this.dataset, docs, epochs, this.rowOptions);
+    const { rows, epochs } = this.take();
+    return makeQuietStarBatch(this.dataset, rows, epochs, this.rowOptions);
   }
 }
 

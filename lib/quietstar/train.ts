@@ -27,12 +27,24 @@
  * CPU compared with a run that never stopped (same data, config and thread count).
  */
 import { promises as fsp } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 
 import { Xoshiro128 } from '../data/prng.js';
 import { QuietstarError } from '../errors.js';
 import { modelFamily } from '../model/config.js';
-import { pruneCheckpoints, resolveCheckpointDir } from '../train/checkpoint.js';
+import { resolveCheckpointDir } from '../train/checkpoint.js';
+import {
+  METRICS_FILE,
+  checkResumeData,
+  checkpointer,
+  due,
+  openMetricsFile,
+  optimizerUpdate,
+  perSecond,
+  requireOptimizerState,
+  runClock,
+  type StepCounters,
+} from '../train/loop.js';
 import { lrSchedule } from '../train/schedule.js';
 import { loadQuietStarCheckpoint, saveQuietStarCheckpoint } from './checkpoint.js';
 import {
@@ -46,45 +58,16 @@ import { QuietStarLoader, quietStarEvalBatches, type QuietStarData, type QuietSt
 import type { QuietStarModel, QuietStarStepMetrics } from './model.js';
 import { chainSteps } from './options.js';
 
-/** What {@link trainQuietStar} yields after each optimizer step. */
-export interface QuietStarTrainMetrics {
-  /** Optimizer updates done (1 after the first). */
-  step: number;
-  /** Total loss: baseLossBeta·(w·base NLL + (1−w)·talk NLL) + policyLossBeta·policy loss (mean of the micro-batches). */
-  loss: number;
-  /** Base NLL (no thought). */
-  nllBase: number;
-  /** Talk NLL: mean over the nAheadTalk mixed predictions after the thought. */
-  nllTalk: number;
-  /** REINFORCE term before policyLossBeta. */
-  policyLoss: number;
-  /** Raw reward Σ_k (base NLL − talk NLL) per (row, position): > 0 where thinking helped. Mean, */
-  rewardMean: number;
-  /** and spread (mean of the micro-batches' standard deviations). */
-  rewardStd: number;
-  /** Share of (row, position) with a positive clamped reward weight. */
-  positiveShare: number;
-  /** Mixing weight w at the talk steps: mean, standard deviation, min and max. */
-  mixMean: number;
-  mixStd: number;
-  mixMin: number;
-  mixMax: number;
-  /** Learning rate this step used. */
-  lr: number;
-  /** Global gradient norm before clipping. */
-  gradNorm: number;
-  /** Valid text tokens trained on so far (this run and the runs it resumed). */
-  tokens: number;
-  /** Valid text tokens per second of this step (thoughts, forward, backward, update). */
-  tokensPerSecond: number;
-  /** Wall time since training began (resumed runs included). */
-  elapsedMs: number;
+/**
+ * What {@link trainQuietStar} yields after each optimizer step: the terms of
+ * {@link QuietStarStepMetrics} as means over the step's micro-batches (min and max for the
+ * mixing-weight extremes), and the step's counters.
+ */
+export interface QuietStarTrainMetrics extends Omit<QuietStarStepMetrics, 'tokens'>, StepCounters {
   /** Held-out Quiet-STaR loss, base NLL and talk NLL (token-weighted over held-out micro-batches), on evaluation steps. */
   evalLoss?: number;
   evalNllBase?: number;
   evalNllTalk?: number;
-  /** The checkpoint folder written after this step, if one was. */
-  checkpoint?: string;
 }
 
 /** Options of {@link trainQuietStar} that are not hyper-parameters. */
@@ -93,7 +76,7 @@ export interface QuietStarTrainOptions {
   signal?: AbortSignal;
 }
 
-export const METRICS_FILE = 'metrics.jsonl';
+export { METRICS_FILE };
 
 // Keys of the streams derived from the run's seed ('THNK', 'EVAL').
 const THOUGHT_KEY = 0x54484e4b;
@@ -115,26 +98,6 @@ function snake(key: string): string {
 /** One metrics line: the metrics with snake_case keys. */
 export function metricsRecord(m: QuietStarTrainMetrics): Record<string, unknown> {
   return Object.fromEntries(Object.entries(m).map(([k, v]) => [snake(k), v]));
-}
-
-/** Keeps metrics lines up to `step` (a resumed run rewrites the steps after its checkpoint). */
-async function truncateMetrics(file: string, step: number): Promise<void> {
-  let text: string;
-  try {
-    text = await fsp.readFile(file, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
-    throw err;
-  }
-  const kept = text.split('\n').filter((line) => {
-    if (line.trim() === '') return false;
-    try {
-      return (JSON.parse(line) as { step?: number }).step! <= step;
-    } catch {
-      return false;
-    }
-  });
-  await fsp.writeFile(file, kept.map((l) => l + '\n').join(''));
 }
 
 /** Means over micro-batches (min/max for the extremes, sum for tokens). */
@@ -238,11 +201,7 @@ export async function* trainQuietStar(
   }
   const cfg = resolveFor(qs, config);
   const { params } = qs;
-  try {
-    params.buffer('m');
-  } catch {
-    throw new QuietstarError('trainQuietStar: the model has no optimizer state (create or load it with optimizer buffers)', 'INVALID_ARGUMENT');
-  }
+  requireOptimizerState(params, 'trainQuietStar', 'create or load it with optimizer buffers');
   const accumulation = accumulationSteps(cfg);
   const lrAt = lrSchedule({ lr: cfg.lr, minLr: cfg.minLr, warmupSteps: cfg.warmupSteps, schedule: cfg.schedule, maxSteps: cfg.decaySteps });
   const loader = new QuietStarLoader(data.train, { batchSize: cfg.microBatchSize, seqLen: cfg.seqLen, seed: cfg.seed, cropMode: cfg.cropMode });
@@ -254,15 +213,7 @@ export async function* trainQuietStar(
   if (cfg.resumeFrom !== undefined) {
     const dir = await resolveCheckpointDir(cfg.resumeFrom);
     const state = await loadQuietStarCheckpoint(qs, dir);
-    if (state.data.rows !== data.train.rows) {
-      throw new QuietstarError(
-        `resumeFrom ${dir}: the checkpoint's training data had ${state.data.rows} documents, this data has ${data.train.rows}; resume needs the same data`,
-        'INVALID_ARGUMENT',
-      );
-    }
-    if (state.data.seed !== cfg.seed) {
-      throw new QuietstarError(`config.seed ${cfg.seed} differs from the checkpoint's seed ${state.data.seed} (${dir})`, 'INVALID_ARGUMENT');
-    }
+    checkResumeData(dir, state.data, data.train.rows, cfg.seed, 'documents');
     for (const k of QUIETSTAR_OPTION_KEYS) {
       if (state.quietstar[k] !== cfg[k]) {
         throw new QuietstarError(
@@ -279,34 +230,14 @@ export async function* trainQuietStar(
 
   const metricsFile = cfg.metricsFile ?? (cfg.outDir !== undefined ? join(cfg.outDir, METRICS_FILE) : undefined);
   if (cfg.outDir !== undefined) await fsp.mkdir(cfg.outDir, { recursive: true });
-  if (metricsFile !== undefined) {
-    await fsp.mkdir(dirname(metricsFile), { recursive: true });
-    if (cfg.resumeFrom !== undefined) await truncateMetrics(metricsFile, step);
-    else await fsp.writeFile(metricsFile, '');
-  }
+  if (metricsFile !== undefined) await openMetricsFile(metricsFile, cfg.resumeFrom !== undefined ? step : undefined);
 
-  const t0 = performance.now();
-  const elapsed = (): number => elapsedBefore + (performance.now() - t0);
-  const { resumeFrom: _resumeFrom, ...savedConfig } = cfg;
-  let lastCheckpointStep = -1;
-  const checkpoint = async (metrics: QuietStarTrainMetrics): Promise<string> => {
-    const dir = await saveQuietStarCheckpoint(
-      qs,
-      cfg.outDir as string,
-      {
-        step,
-        data: { ...loader.position, seed: cfg.seed, rows: data.train.rows },
-        tokens,
-        elapsedMs: elapsed(),
-        config: savedConfig,
-        lastMetrics: { ...metrics },
-      },
-      { saveDtype: cfg.saveDtype },
-    );
-    lastCheckpointStep = step;
-    await pruneCheckpoints(cfg.outDir as string, cfg.keepCheckpoints);
-    return dir;
-  };
+  const elapsed = runClock(elapsedBefore);
+  const checkpoints = checkpointer<ResolvedQuietStarConfig, QuietStarTrainMetrics>(
+    cfg,
+    () => ({ step, data: { ...loader.position, seed: cfg.seed, rows: data.train.rows }, tokens, elapsedMs: elapsed() }),
+    (outDir, state) => saveQuietStarCheckpoint(qs, outDir, state, { saveDtype: cfg.saveDtype }),
+  );
 
   let lastMetrics: QuietStarTrainMetrics | undefined;
   while (step < cfg.maxSteps && !signal?.aborted) {
@@ -319,11 +250,7 @@ export async function* trainQuietStar(
       parts.push(await qs.step(batch, thoughtSeed(cfg.seed, step, a), { lossScale: 1 / accumulation }));
     }
     const m = combine(parts);
-    if (!Number.isFinite(m.loss)) {
-      throw new QuietstarError(`training diverged: loss is ${m.loss} at step ${step + 1} (weights left as of step ${step})`, 'INTERNAL');
-    }
-    const gradNorm = await params.clipGradNorm(cfg.clip);
-    await params.adamwStep({ lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weightDecay: cfg.weightDecay });
+    const gradNorm = await optimizerUpdate(params, cfg, lr, m.loss, step);
     step++;
     tokens += m.tokens;
     const stepMs = performance.now() - stepStart;
@@ -335,25 +262,24 @@ export async function* trainQuietStar(
       lr,
       gradNorm,
       tokens,
-      tokensPerSecond: stepMs > 0 ? (stepTokens * 1000) / stepMs : 0,
+      tokensPerSecond: perSecond(stepTokens, stepMs),
       elapsedMs: 0,
     };
     const last = step === cfg.maxSteps || signal?.aborted === true;
-    if (data.eval && data.eval.rows > 0 && ((cfg.evalEvery > 0 && step % cfg.evalEvery === 0) || last)) {
+    if (data.eval && data.eval.rows > 0 && due(cfg.evalEvery, step, last)) {
       const ev = await evaluateQuietStar(qs, data.eval, cfg);
       metrics.evalLoss = ev.loss;
       metrics.evalNllBase = ev.nllBase;
       metrics.evalNllTalk = ev.nllTalk;
     }
     metrics.elapsedMs = elapsed();
-    if (cfg.outDir !== undefined && ((cfg.checkpointEvery > 0 && step % cfg.checkpointEvery === 0) || last)) {
-      metrics.checkpoint = await checkpoint(metrics);
+    if (checkpoints && due(cfg.checkpointEvery, step, last)) {
+      metrics.checkpoint = await checkpoints.save(metrics);
       metrics.elapsedMs = elapsed();
     }
     if (metricsFile !== undefined) await fsp.appendFile(metricsFile, JSON.stringify(metricsRecord(metrics)) + '\n');
     lastMetrics = metrics;
     yield metrics;
   }
-  // Aborted while the caller held the last step's metrics: that step has no checkpoint yet.
-  if (signal?.aborted && cfg.outDir !== undefined && lastMetrics && lastCheckpointStep !== step) await checkpoint(lastMetrics);
+  if (signal?.aborted && checkpoints) await checkpoints.saveOnAbort(lastMetrics);
 }

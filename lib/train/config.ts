@@ -5,6 +5,7 @@
  * cosine decay to lr/10).
  */
 import { QuietstarError } from '../errors.js';
+import { checkPaths, fail, int, num, oneOf } from './config-check.js';
 import type { ScheduleKind } from './schedule.js';
 
 /** Configuration of {@link trainLm}. Only `maxSteps` is required. */
@@ -67,20 +68,6 @@ const KEYS: ReadonlySet<string> = new Set([
   'seed', 'outDir', 'resumeFrom', 'saveDtype',
 ]);
 
-function fail(field: string, want: string, got: unknown): never {
-  throw new QuietstarError(`config.${field} must be ${want} (got ${JSON.stringify(got) ?? String(got)})`, 'INVALID_ARGUMENT');
-}
-
-function int(field: string, v: unknown, min: number): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) fail(field, `an integer >= ${min}`, v);
-  return v;
-}
-
-function num(field: string, v: unknown, ok: (x: number) => boolean, want: string): number {
-  if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v)) fail(field, want, v);
-  return v;
-}
-
 /** Fills defaults and validates. `dataSeqLen` is the training data's T. */
 export function resolveTrainLmConfig(config: TrainLmConfig, dataSeqLen: number): ResolvedTrainLmConfig {
   if (typeof config !== 'object' || config === null) throw new QuietstarError('config must be an object', 'INVALID_ARGUMENT');
@@ -92,13 +79,9 @@ export function resolveTrainLmConfig(config: TrainLmConfig, dataSeqLen: number):
   const batchSize = int('batchSize', c.batchSize ?? 8, 1);
   const seqLen = int('seqLen', c.seqLen ?? dataSeqLen, 1);
   if (seqLen !== dataSeqLen) fail('seqLen', `the training data's seqLen ${dataSeqLen}`, seqLen);
-  const schedule = c.schedule ?? 'cosine';
-  if (!['cosine', 'linear', 'constant'].includes(schedule)) fail('schedule', "'cosine', 'linear' or 'constant'", schedule);
-  const saveDtype = c.saveDtype ?? 'F32';
-  if (!['F32', 'BF16', 'F16'].includes(saveDtype)) fail('saveDtype', "'F32', 'BF16' or 'F16'", saveDtype);
-  for (const f of ['outDir', 'resumeFrom'] as const) {
-    if (c[f] !== undefined && (typeof c[f] !== 'string' || c[f] === '')) fail(f, 'a path', c[f]);
-  }
+  const schedule = oneOf('schedule', c.schedule ?? 'cosine', ['cosine', 'linear', 'constant'] as const);
+  const saveDtype = oneOf('saveDtype', c.saveDtype ?? 'F32', ['F32', 'BF16', 'F16'] as const);
+  checkPaths(c, ['outDir', 'resumeFrom']);
   const resolved: ResolvedTrainLmConfig = {
     maxSteps: int('maxSteps', c.maxSteps, 1),
     lr,

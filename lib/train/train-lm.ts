@@ -27,33 +27,31 @@ import { BatchLoader } from '../data/loader.js';
 import type { LmData } from '../data/index.js';
 import { QuietstarError } from '../errors.js';
 import type { Model } from '../model/model.js';
-import { loadCheckpoint, pruneCheckpoints, resolveCheckpointDir, saveCheckpoint } from './checkpoint.js';
+import { loadCheckpoint, resolveCheckpointDir, saveCheckpoint } from './checkpoint.js';
 import { resolveTrainLmConfig, type ResolvedTrainLmConfig, type TrainLmConfig } from './config.js';
 import { evaluateLm } from './eval.js';
+import {
+  METRICS_FILE,
+  checkResumeData,
+  checkpointer,
+  due,
+  openMetricsFile,
+  optimizerUpdate,
+  perSecond,
+  requireOptimizerState,
+  runClock,
+  type StepCounters,
+} from './loop.js';
 import { lrSchedule } from './schedule.js';
 
 /** What {@link trainLm} yields after each optimizer step. */
-export interface TrainLmMetrics {
-  /** Optimizer updates done (1 after the first). */
-  step: number;
+export interface TrainLmMetrics extends StepCounters {
   /** Mean training loss of this step's micro-batches (nats per token). */
   loss: number;
-  /** Learning rate this step used. */
-  lr: number;
-  /** Global gradient norm before clipping. */
-  gradNorm: number;
-  /** Target tokens trained on so far (this run and the runs it resumed). */
-  tokens: number;
-  /** Target tokens per second of this step's forward, backward and update. */
-  tokensPerSecond: number;
-  /** Wall time since training began (resumed runs included), evaluation and checkpoints included. */
-  elapsedMs: number;
   /** Held-out loss (token-weighted mean NLL), on evaluation steps. */
   evalLoss?: number;
   /** exp(evalLoss). */
   evalPerplexity?: number;
-  /** The checkpoint folder written after this step, if one was. */
-  checkpoint?: string;
 }
 
 /** Options of {@link trainLm} that are not hyper-parameters. */
@@ -62,28 +60,6 @@ export interface TrainLmOptions {
   signal?: AbortSignal;
   /** Adds files to each checkpoint folder before it is renamed into place (e.g. the tokenizer). */
   onCheckpoint?: (dir: string) => Promise<void>;
-}
-
-export const METRICS_FILE = 'metrics.jsonl';
-
-/** Keeps metrics.jsonl lines up to `step` (a resumed run rewrites the steps after its checkpoint). */
-async function truncateMetrics(file: string, step: number): Promise<void> {
-  let text: string;
-  try {
-    text = await fsp.readFile(file, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
-    throw err;
-  }
-  const kept = text.split('\n').filter((line) => {
-    if (line.trim() === '') return false;
-    try {
-      return (JSON.parse(line) as { step?: number }).step! <= step;
-    } catch {
-      return false;
-    }
-  });
-  await fsp.writeFile(file, kept.map((l) => l + '\n').join(''));
 }
 
 /**
@@ -96,11 +72,7 @@ export async function* trainLm(model: Model, data: LmData, config: TrainLmConfig
   if (!data || typeof data !== 'object' || !data.train) throw new QuietstarError('data must be {train: LmDataset, eval?: LmDataset} (see loadLmData)', 'INVALID_ARGUMENT');
   const cfg: ResolvedTrainLmConfig = resolveTrainLmConfig(config, data.train.seqLen);
   const { params } = model;
-  try {
-    params.buffer('m');
-  } catch {
-    throw new QuietstarError('trainLm: the model has no optimizer state (create it with {optimizer: true})', 'INVALID_ARGUMENT');
-  }
+  requireOptimizerState(params, 'trainLm', 'create it with {optimizer: true}');
   const lrAt = lrSchedule(cfg);
   const loader = new BatchLoader(data.train, { batchSize: cfg.batchSize, seed: cfg.seed });
   const { signal, onCheckpoint } = options;
@@ -111,15 +83,7 @@ export async function* trainLm(model: Model, data: LmData, config: TrainLmConfig
   if (cfg.resumeFrom !== undefined) {
     const dir = await resolveCheckpointDir(cfg.resumeFrom);
     const state = await loadCheckpoint(model, dir);
-    if (state.data.rows !== data.train.rows) {
-      throw new QuietstarError(
-        `resumeFrom ${dir}: the checkpoint's training data had ${state.data.rows} rows, this data has ${data.train.rows}; resume needs the same data`,
-        'INVALID_ARGUMENT',
-      );
-    }
-    if (state.data.seed !== cfg.seed) {
-      throw new QuietstarError(`config.seed ${cfg.seed} differs from the checkpoint's data seed ${state.data.seed} (${dir})`, 'INVALID_ARGUMENT');
-    }
+    checkResumeData(dir, state.data, data.train.rows, cfg.seed, 'rows');
     loader.seek(state.data);
     step = state.step;
     tokens = state.tokens;
@@ -127,34 +91,14 @@ export async function* trainLm(model: Model, data: LmData, config: TrainLmConfig
   }
 
   const metricsFile = cfg.outDir === undefined ? undefined : join(cfg.outDir, METRICS_FILE);
-  if (cfg.outDir !== undefined && metricsFile !== undefined) {
-    await fsp.mkdir(cfg.outDir, { recursive: true });
-    if (cfg.resumeFrom !== undefined) await truncateMetrics(metricsFile, step);
-    else await fsp.writeFile(metricsFile, '');
-  }
+  if (metricsFile !== undefined) await openMetricsFile(metricsFile, cfg.resumeFrom !== undefined ? step : undefined);
 
-  const t0 = performance.now();
-  const elapsed = (): number => elapsedBefore + (performance.now() - t0);
-  const { resumeFrom: _resumeFrom, ...savedConfig } = cfg;
-  let lastCheckpointStep = -1;
-  const checkpoint = async (metrics: TrainLmMetrics): Promise<string> => {
-    const dir = await saveCheckpoint(
-      model,
-      cfg.outDir as string,
-      {
-        step,
-        data: { ...loader.position, seed: cfg.seed, rows: data.train.rows },
-        tokens,
-        elapsedMs: elapsed(),
-        config: savedConfig,
-        lastMetrics: { ...metrics },
-      },
-      { saveDtype: cfg.saveDtype, ...(onCheckpoint ? { extra: onCheckpoint } : {}) },
-    );
-    lastCheckpointStep = step;
-    await pruneCheckpoints(cfg.outDir as string, cfg.keepCheckpoints);
-    return dir;
-  };
+  const elapsed = runClock(elapsedBefore);
+  const checkpoints = checkpointer<ResolvedTrainLmConfig, TrainLmMetrics>(
+    cfg,
+    () => ({ step, data: { ...loader.position, seed: cfg.seed, rows: data.train.rows }, tokens, elapsedMs: elapsed() }),
+    (outDir, state) => saveCheckpoint(model, outDir, state, { saveDtype: cfg.saveDtype, ...(onCheckpoint ? { extra: onCheckpoint } : {}) }),
+  );
 
   let lastMetrics: TrainLmMetrics | undefined;
   while (step < cfg.maxSteps && !signal?.aborted) {
@@ -171,11 +115,7 @@ export async function* trainLm(model: Model, data: LmData, config: TrainLmConfig
       stepTokens += n;
     }
     const loss = lossSum / cfg.gradAccumulation;
-    if (!Number.isFinite(loss)) {
-      throw new QuietstarError(`training diverged: loss is ${loss} at step ${step + 1} (weights left as of step ${step})`, 'INTERNAL');
-    }
-    const gradNorm = await params.clipGradNorm(cfg.clip);
-    await params.adamwStep({ lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weightDecay: cfg.weightDecay });
+    const gradNorm = await optimizerUpdate(params, cfg, lr, loss, step);
     step++;
     tokens += stepTokens;
     const stepMs = performance.now() - stepStart;
@@ -186,24 +126,23 @@ export async function* trainLm(model: Model, data: LmData, config: TrainLmConfig
       lr,
       gradNorm,
       tokens,
-      tokensPerSecond: stepMs > 0 ? (stepTokens * 1000) / stepMs : 0,
+      tokensPerSecond: perSecond(stepTokens, stepMs),
       elapsedMs: 0,
     };
     const last = step === cfg.maxSteps || signal?.aborted === true;
-    if (data.eval && ((cfg.evalEvery > 0 && step % cfg.evalEvery === 0) || last)) {
+    if (data.eval && due(cfg.evalEvery, step, last)) {
       const ev = await evaluateLm(model, data.eval, { batchSize: cfg.evalBatchSize, maxBatches: cfg.evalBatches });
       metrics.evalLoss = ev.loss;
       metrics.evalPerplexity = ev.perplexity;
     }
     metrics.elapsedMs = elapsed();
-    if (cfg.outDir !== undefined && ((cfg.checkpointEvery > 0 && step % cfg.checkpointEvery === 0) || last)) {
-      metrics.checkpoint = await checkpoint(metrics);
+    if (checkpoints && due(cfg.checkpointEvery, step, last)) {
+      metrics.checkpoint = await checkpoints.save(metrics);
       metrics.elapsedMs = elapsed();
     }
     if (metricsFile) await fsp.appendFile(metricsFile, JSON.stringify(metrics) + '\n');
     lastMetrics = metrics;
     yield metrics;
   }
-  // Aborted while the caller held the last step's metrics: that step has no checkpoint yet.
-  if (signal?.aborted && cfg.outDir !== undefined && lastMetrics && lastCheckpointStep !== step) await checkpoint(lastMetrics);
+  if (signal?.aborted && checkpoints) await checkpoints.saveOnAbort(lastMetrics);
 }

@@ -125,9 +125,10 @@ QS_INLINE void chunk_sums(const T* x, int n, T m, T inv_tau, T inv_t, T* w, doub
   const T ninf = -std::numeric_limits<T>::infinity();
   const V mv = S::splat(m), iv = S::splat(inv_tau), tv = S::splat(inv_t);
   V a1 = V{}, at = V{};
-  int j = 0;
-  for (; j + L <= n; j += L) {
-    V d = S::load(x + j) - mv;
+  for (int j = 0; j < n; j += L) {
+    // k < L only for the last vector, whose padding (-inf) adds e^-inf = 0 to both sums.
+    const int k = n - j < L ? n - j : L;
+    V d = (k == L ? S::load(x + j) : S::load_part(x + j, k, ninf)) - mv;
     V e1 = d, et = d * iv;
     S::exp_inplace(e1);
     S::exp_inplace(et);
@@ -136,20 +137,8 @@ QS_INLINE void chunk_sums(const T* x, int n, T m, T inv_tau, T inv_t, T* w, doub
     if (w) {
       V ew = d * tv;
       S::exp_inplace(ew);
-      S::store(w + j, ew);
-    }
-  }
-  if (j < n) {
-    V d = S::load_part(x + j, n - j, ninf) - mv;
-    V e1 = d, et = d * iv;
-    S::exp_inplace(e1);
-    S::exp_inplace(et);
-    a1 += e1;
-    at += et;
-    if (w) {
-      V ew = d * tv;
-      S::exp_inplace(ew);
-      S::store_part(w + j, n - j, ew);
+      if (k == L) S::store(w + j, ew);
+      else S::store_part(w + j, k, ew);
     }
   }
   double r1 = 0, rt = 0;

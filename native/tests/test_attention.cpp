@@ -36,17 +36,6 @@ using namespace qs_test;
 namespace cpu = qs::cpu;
 
 // ---------------------------------------------------------------------------------------------
-// helpers (the shared ones are in test_util.h)
-
-// -inf (a query that sees nothing) compares equal to -inf: map both to a finite sentinel.
-template <typename T>
-static VecD lse_comparable(const std::vector<T>& v) {
-  VecD r(v.size());
-  for (size_t i = 0; i < v.size(); i++) r[i] = std::isinf((double)v[i]) && v[i] < 0 ? -1e30 : (double)v[i];
-  return r;
-}
-
-// ---------------------------------------------------------------------------------------------
 // Problems: shape, positions, validity and random q, k, v (float-representable, so the float
 // and double kernels see identical inputs).
 

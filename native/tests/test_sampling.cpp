@@ -14,12 +14,12 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <map>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "cpu/sampling.h"
+#include "engine_util.h"
 #include "harness.h"
 #include "quietstar/engine.h"
 #include "quietstar/ops.h"
@@ -77,35 +77,6 @@ static std::set<int> ref_kept(const VecD& x, double T, int top_k, double top_p) 
     before += p[v];
   }
   return keep;
-}
-
-// Chi-square of draw counts against probabilities p over the tokens with p > 0; also every
-// token within 5 sigma and no draw outside the support. Prints the statistic.
-static void check_frequencies(const char* label, const VecI& draws, const VecD& p) {
-  std::map<int, int> count;
-  for (int d : draws) count[d]++;
-  const double n = (double)draws.size();
-  double chi2 = 0;
-  int df = -1, outside = 0, worst = -1;
-  double worst_z = 0;
-  for (auto& kv : count) {
-    if (kv.first < 0 || kv.first >= (int)p.size() || p[kv.first] == 0) outside += kv.second;
-  }
-  for (size_t v = 0; v < p.size(); v++) {
-    if (p[v] == 0) continue;
-    df++;
-    double e = n * p[v], o = count.count((int)v) ? count[(int)v] : 0;
-    chi2 += (o - e) * (o - e) / e;
-    double z = std::fabs(o - e) / std::sqrt(e * (1 - p[v]) + 1e-12);
-    if (z > worst_z) { worst_z = z; worst = (int)v; }
-  }
-  // Loose: the chi-square's mean is df and its sd sqrt(2 df); bound at mean + 8 sd + 10.
-  double bound = df + 8 * std::sqrt(2.0 * df) + 10;
-  fprintf(stdout, "    %-40s draws=%.0f df=%d chi2=%.1f (bound %.1f) worst z=%.2f (token %d)  %s\n", label, n, df, chi2,
-          bound, worst_z, worst, chi2 < bound && worst_z < 5 && outside == 0 ? "OK" : "NOT OK");
-  QS_EXPECT(outside == 0, "%s: %d draws outside the support", label, outside);
-  QS_EXPECT(chi2 < bound, "%s: chi2 %.1f >= %.1f", label, chi2, bound);
-  QS_EXPECT(worst_z < 5, "%s: token %d is %.2f sigma off", label, worst, worst_z);
 }
 
 static cpu::SampleParams params(double T, int top_k = 0, double top_p = 1.0, uint64_t seed = 1234, uint32_t step = 0) {
@@ -291,22 +262,6 @@ QS_TEST(draws_are_pure_functions_of_seed_row_step_position) {
 
 // ---------------------------------------------------------------------------------------------
 // op validation
-
-static std::unique_ptr<qs::Engine> make_engine() {
-  qs::EngineOptions o;
-  o.device = "cpu";
-  std::unique_ptr<qs::Engine> e;
-  qs::Status st = qs::Engine::create(o, &e);
-  if (!st.ok()) fprintf(stdout, "    engine: %s\n", st.to_string().c_str());
-  return e;
-}
-
-static qs::Tensor host_tensor(qs::Engine& e, qs::DType dtype, qs::Shape shape, const void* data) {
-  qs::Tensor t;
-  qs::Status st = e.empty_on(qs::Device::CPU, dtype, shape, &t);
-  if (st.ok() && data) std::memcpy(t.raw(), data, t.nbytes());
-  return t;
-}
 
 QS_TEST(op_samples_and_validates_arguments) {
   auto e = make_engine();

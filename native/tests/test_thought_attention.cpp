@@ -33,6 +33,7 @@
 
 #include "cpu/thought_attention.h"
 #include "gradcheck.h"
+#include "engine_util.h"
 #include "harness.h"
 #include "quietstar/engine.h"
 #include "quietstar/ops.h"
@@ -40,14 +41,6 @@
 
 using namespace qs_test;
 namespace cpu = qs::cpu;
-
-// -inf (a query that sees nothing) compares equal to -inf: map both to a finite sentinel.
-template <typename T>
-static VecD lse_comparable(const std::vector<T>& v) {
-  VecD r(v.size());
-  for (size_t i = 0; i < v.size(); i++) r[i] = std::isinf((double)v[i]) && v[i] < 0 ? -1e30 : (double)v[i];
-  return r;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Problems
@@ -562,22 +555,6 @@ QS_TEST(queries_that_see_nothing) {
 
 // ---------------------------------------------------------------------------------------------
 // The ops: results through run_op, argument validation naming argument and dimension
-
-static std::unique_ptr<qs::Engine> make_engine() {
-  qs::EngineOptions o;
-  o.device = "cpu";
-  std::unique_ptr<qs::Engine> e;
-  qs::Status st = qs::Engine::create(o, &e);
-  if (!st.ok()) fprintf(stdout, "    engine: %s\n", st.to_string().c_str());
-  return e;
-}
-
-static qs::Tensor host_tensor(qs::Engine& e, qs::DType dtype, qs::Shape shape, const void* data) {
-  qs::Tensor t;
-  qs::Status st = e.empty_on(qs::Device::CPU, dtype, shape, &t);
-  if (st.ok() && data) std::memcpy(t.raw(), data, t.nbytes());
-  return t;
-}
 
 QS_TEST(ops_run_and_validate_arguments) {
   auto e = make_engine();

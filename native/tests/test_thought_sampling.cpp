@@ -21,7 +21,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -30,6 +29,7 @@
 #include "cpu/gemm.h"
 #include "cpu/sampling.h"
 #include "cpu/thought_sampling.h"
+#include "engine_util.h"
 #include "harness.h"
 #include "quietstar/engine.h"
 #include "quietstar/ops.h"
@@ -215,6 +215,19 @@ QS_TEST(tokens_match_sample_tokens_on_general_logits) {
   }
 }
 
+// The token that thought_sample (h = 1, the head's one column = `w3`, 3 chunks of one token)
+// and sample_tokens (logits `w3`) draw from one row with the same seed.
+static void pick_both(const VecD& w3, uint64_t seed, int32_t* got, int32_t* want) {
+  double one = 1.0;
+  int32_t row = 0, p0 = 0;
+  *got = *want = -9;
+  cpu::thought_sample<double>(got, nullptr, nullptr, &one, w3.data(), 1, 1, 3, &row, &p0, nullptr, 0,
+                              tparams(1.0, 3.0, seed, 0, 1));
+  cpu::SampleParams sp;
+  sp.seed = seed;
+  cpu::sample_tokens<double>(want, w3.data(), 1, 3, sp, &row, &p0, nullptr, 0);
+}
+
 QS_TEST(ties_go_to_the_lower_id_across_chunks) {
   // D = 1, h = 1: the logits are W itself. Maxima 3.0 at ids 2 and 9 (different chunks of 4).
   VecD W = {0.5, -1.0, 3.0, 1.0, 2.0, 0.0, -2.0, 1.5, 2.5, 3.0, 0.25};
@@ -243,13 +256,8 @@ QS_TEST(ties_go_to_the_lower_id_across_chunks) {
     const double m = std::max(w3[0], w3[1]);
     if ((w3[0] - m) + g0 != (w3[1] - m) + g1) continue;
     ties++;
-    double one = 1.0;
-    int32_t row = 0, p0 = 0, got = -9, want = -9;
-    cpu::thought_sample<double>(&got, nullptr, nullptr, &one, w3.data(), 1, 1, 3, &row, &p0, nullptr, 0,
-                                tparams(1.0, 3.0, seed, 0, 1));
-    cpu::SampleParams sp;
-    sp.seed = seed;
-    cpu::sample_tokens<double>(&want, w3.data(), 1, 3, sp, &row, &p0, nullptr, 0);
+    int32_t got, want;
+    pick_both(w3, seed, &got, &want);
     QS_EXPECT(got == 0 && want == 0, "exact Gumbel tie (seed %llu): got %d, sample_tokens %d, want 0",
               (unsigned long long)seed, got, want);
   }
@@ -290,13 +298,8 @@ QS_TEST(near_ties_under_a_growing_running_max_match_sample_tokens) {
       flips += a1 != af;
       cases++;
       VecD w3 = {xa, xb, xc};
-      double one = 1.0;
-      int32_t row = 0, p0 = 0, got = -9, want = -9;
-      cpu::thought_sample<double>(&got, nullptr, nullptr, &one, w3.data(), 1, 1, 3, &row, &p0, nullptr, 0,
-                                  tparams(1.0, 3.0, seed, 0, 1));
-      cpu::SampleParams sp;
-      sp.seed = seed;
-      cpu::sample_tokens<double>(&want, w3.data(), 1, 3, sp, &row, &p0, nullptr, 0);
+      int32_t got, want;
+      pick_both(w3, seed, &got, &want);
       wrong += got != want;
     }
   }
@@ -346,32 +349,6 @@ QS_TEST(suppressed_markers_never_drawn_even_when_largest) {
 
 // ---------------------------------------------------------------------------------------------
 // distributions
-
-// Chi-square of draw counts against probabilities p (as in test_sampling.cpp): loose bound
-// df + 8 sd + 10, every token within 5 sigma, nothing drawn outside the support.
-static void check_frequencies(const char* label, const VecI& draws, const VecD& p) {
-  std::map<int, int> count;
-  for (int d : draws) count[d]++;
-  const double n = (double)draws.size();
-  double chi2 = 0, worst_z = 0;
-  int df = -1, outside = 0, worst = -1;
-  for (auto& kv : count)
-    if (kv.first < 0 || kv.first >= (int)p.size() || p[kv.first] == 0) outside += kv.second;
-  for (size_t v = 0; v < p.size(); v++) {
-    if (p[v] == 0) continue;
-    df++;
-    double e = n * p[v], o = count.count((int)v) ? count[(int)v] : 0;
-    chi2 += (o - e) * (o - e) / e;
-    double z = std::fabs(o - e) / std::sqrt(e * (1 - p[v]) + 1e-12);
-    if (z > worst_z) { worst_z = z; worst = (int)v; }
-  }
-  double bound = df + 8 * std::sqrt(2.0 * df) + 10;
-  printf("    %-36s draws=%.0f df=%d chi2=%.1f (bound %.1f) worst z=%.2f (token %d)  %s\n", label, n, df, chi2, bound,
-         worst_z, worst, chi2 < bound && worst_z < 5 && outside == 0 ? "OK" : "NOT OK");
-  QS_EXPECT(outside == 0, "%s: %d draws outside the support", label, outside);
-  QS_EXPECT(chi2 < bound, "%s: chi2 %.1f >= %.1f", label, chi2, bound);
-  QS_EXPECT(worst_z < 5, "%s: token %d is %.2f sigma off", label, worst, worst_z);
-}
 
 QS_TEST(frequencies_follow_softmax_over_rows_and_seeds) {
   // D = 1, h = 1: the logits are W. Ids 7 and 8 are markers with the largest logits.
@@ -481,22 +458,6 @@ QS_TEST(deterministic_across_threads_batches_and_float_types) {
 
 // ---------------------------------------------------------------------------------------------
 // the op
-
-static std::unique_ptr<qs::Engine> make_engine() {
-  qs::EngineOptions o;
-  o.device = "cpu";
-  std::unique_ptr<qs::Engine> e;
-  qs::Status st = qs::Engine::create(o, &e);
-  if (!st.ok()) printf("    engine: %s\n", st.to_string().c_str());
-  return e;
-}
-
-static qs::Tensor host_tensor(qs::Engine& e, qs::DType dtype, qs::Shape shape, const void* data) {
-  qs::Tensor t;
-  qs::Status st = e.empty_on(qs::Device::CPU, dtype, shape, &t);
-  if (st.ok() && data) std::memcpy(t.raw(), data, t.nbytes());
-  return t;
-}
 
 QS_TEST(op_samples_and_validates_arguments) {
   auto e = make_engine();
