@@ -32,6 +32,7 @@
 #include "cpu/sampling.h"
 #include "gradcheck.h"
 #include "harness.h"
+#include "quietstar_fixtures.h"
 #include "quietstar/engine.h"
 #include "quietstar/model.h"
 #include "quietstar/params.h"
@@ -42,26 +43,6 @@ using namespace qs_test;
 
 // ---------------------------------------------------------------------------------------------
 // rig: a Quiet-STaR model (model views + extras in one ParamSet) and a plain copy
-
-static constexpr int kV = 52, kStart = 50, kEnd = 51;
-
-static ModelConfig qs_llama() {
-  ModelConfig c;
-  c.family = ModelFamily::Llama;
-  c.vocab_size = kV, c.d_model = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 16;
-  c.d_ff = 96, c.max_seq_len = 64, c.norm_eps = 1e-6, c.rope_theta = 10000.0, c.tie_embeddings = false;
-  c.qkv_bias = true, c.o_bias = false, c.mlp_bias = false;
-  return c;
-}
-
-static ModelConfig qs_gpt2() {
-  ModelConfig c;
-  c.family = ModelFamily::GPT2;
-  c.vocab_size = kV, c.d_model = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 4, c.head_dim = 16;
-  c.d_ff = 128, c.max_seq_len = 40, c.norm_eps = 1e-5, c.tie_embeddings = true;
-  c.qkv_bias = c.o_bias = c.mlp_bias = true;
-  return c;
-}
 
 static QuietStarOptions qs_opts(int N, int A, int P) {
   QuietStarOptions o;
@@ -171,24 +152,6 @@ static void sync_plain(Rig& g) {
     set_value(*g.ps2, w->offset + (int64_t)g.o.start_id * g.c.d_model + j, g.o.embedding_scale * st[j]);
     set_value(*g.ps2, w->offset + (int64_t)g.o.end_id * g.c.d_model + j, g.o.embedding_scale * en[j]);
   }
-}
-
-static Tensor i32(Engine& e, const Shape& shape, const std::vector<int32_t>& v) {
-  Tensor t;
-  e.empty(DType::I32, shape, &t);
-  if (!v.empty()) std::memcpy(t.raw(), v.data(), sizeof(int32_t) * v.size());
-  return t;
-}
-static Tensor u8(Engine& e, const Shape& shape, const std::vector<uint8_t>& v) {
-  Tensor t;
-  e.empty(DType::U8, shape, &t);
-  std::memcpy(t.raw(), v.data(), v.size());
-  return t;
-}
-static std::vector<double> doubles(const Tensor& t) {
-  std::vector<double> v(t.numel());
-  for (int64_t i = 0; i < t.numel(); i++) v[i] = t.dtype() == DType::F64 ? t.data<double>()[i] : (double)t.data<float>()[i];
-  return v;
 }
 
 // A batch: B documents of T tokens (ids in [0, 50): never a marker), right-padded by `pad`

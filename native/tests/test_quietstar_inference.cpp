@@ -24,6 +24,7 @@
 
 #include "cpu/quietstar_heads.h"
 #include "harness.h"
+#include "quietstar_fixtures.h"
 #include "quietstar/engine.h"
 #include "quietstar/model.h"
 #include "quietstar/params.h"
@@ -31,39 +32,6 @@
 
 using namespace qs;
 using namespace qs_test;
-
-static constexpr int kV = 52, kStart = 50, kEnd = 51;  // text ids in [0, 50), the markers last
-
-static ModelConfig tiny_llama() {
-  ModelConfig c;
-  c.family = ModelFamily::Llama;
-  c.vocab_size = kV, c.d_model = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 16;
-  c.d_ff = 96, c.max_seq_len = 64, c.norm_eps = 1e-6, c.tie_embeddings = false, c.qkv_bias = true;
-  return c;
-}
-
-static ModelConfig tiny_gpt2() {
-  ModelConfig c;
-  c.family = ModelFamily::GPT2;
-  c.vocab_size = kV, c.d_model = 64, c.n_layers = 2, c.n_heads = 4, c.n_kv_heads = 4, c.head_dim = 16;
-  c.d_ff = 128, c.max_seq_len = 40, c.norm_eps = 1e-5, c.tie_embeddings = true;
-  c.qkv_bias = c.o_bias = c.mlp_bias = true;
-  return c;
-}
-
-static Tensor i32(Engine& e, const Shape& shape, const std::vector<int32_t>& v) {
-  Tensor t;
-  e.empty(DType::I32, shape, &t);
-  if (!v.empty()) std::memcpy(t.raw(), v.data(), sizeof(int32_t) * v.size());
-  return t;
-}
-static Tensor u8(Engine& e, const Shape& shape, const std::vector<uint8_t>& v) {
-  Tensor t;
-  e.empty(DType::U8, shape, &t);
-  std::memcpy(t.raw(), v.data(), v.size());
-  return t;
-}
-static std::vector<double> doubles(const Tensor& t) { return std::vector<double>(t.data<double>(), t.data<double>() + t.numel()); }
 
 static std::vector<double> view_of(ParamSet& p, const std::string& name) {
   const ParamEntry* e = p.layout().find(name);
@@ -289,16 +257,16 @@ static void check_inference(const ModelConfig& c, int N, int T, int pad, uint64_
 }
 
 QS_TEST(cached_inference_equals_eval_forward_llama) {
-  check_inference(tiny_llama(), 6, 9, 3, 11, "llama N=6");
-  check_inference(tiny_llama(), 4, 7, 2, 12, "llama N=4");
+  check_inference(qs_llama(), 6, 9, 3, 11, "llama N=6");
+  check_inference(qs_llama(), 4, 7, 2, 12, "llama N=4");
 }
 
 QS_TEST(cached_inference_equals_eval_forward_gpt2_tied) {
-  check_inference(tiny_gpt2(), 5, 8, 3, 21, "gpt2 N=5");
+  check_inference(qs_gpt2(), 5, 8, 3, 21, "gpt2 N=5");
 }
 
 QS_TEST(cached_inference_equals_eval_forward_no_thought_tokens) {
-  check_inference(tiny_llama(), 3, 6, 1, 31, "llama N=3");  // [<start>, <end>] only
+  check_inference(qs_llama(), 3, 6, 1, 31, "llama N=3");  // [<start>, <end>] only
 }
 
 QS_TEST_MAIN()
