@@ -11,7 +11,7 @@ import { join } from 'node:path';
 
 import test from 'ava';
 
-import { Model, createByteTokenizer, savePretrained, type ModelConfigInput, type Tokenizer } from '../lib/index.js';
+import { Model, createByteTokenizer, loadPretrained, savePretrained, type ModelConfigInput, type Tokenizer } from '../lib/index.js';
 import {
   DEFAULT_QUIETSTAR_OPTIONS,
   END_THOUGHT,
@@ -316,6 +316,14 @@ test('save → load: the same weights, logits and Quiet-STaR metrics; bad folder
     using la = await qs.model.logits({ ids: batch.ids, B: batch.B, T: batch.T });
     using lb = await loaded.model.logits({ ids: batch.ids, B: batch.B, T: batch.T });
     assertClose(t, await lb.data(), await la.data(), { rtol: 0, atol: 0, label: 'logits' });
+  }
+  // The same folder loads as a plain language model (the extras left out), with the same logits.
+  {
+    using lm = await loadPretrained(e, dir, { optimizer: false });
+    t.is(lm.config.vocabSize, V + 2);
+    using la = await qs.model.logits({ ids: batch.ids, B: batch.B, T: batch.T });
+    using lc = await lm.logits({ ids: batch.ids, B: batch.B, T: batch.T });
+    assertClose(t, await lc.data(), await la.data(), { rtol: 0, atol: 0, label: 'logits as a plain model' });
   }
   // Options saved in the folder can be overridden at load.
   using overridden = await QuietStarModel.load(e, dir, { tokenizer: byteTokenizer(), quietstar: { nAheadTalk: 3 } });

@@ -1,8 +1,11 @@
 /**
  * `quietstar generate`: continue a prompt with a Hugging Face model folder.
  */
+import { join } from 'node:path';
+
 import { generateStream } from '../generate.js';
 import { loadPretrained } from '../hf/checkpoint.js';
+import { readJsonFile } from '../hf/config.js';
 import type { Tokenizer } from '../tokenizer/index.js';
 import { ENGINE_FLAGS, ENGINE_HELP, UsageError, findTokenizer, idList, int, num, openEngine, parseFlags, required, str } from './common.js';
 
@@ -87,7 +90,10 @@ export async function generateCommand(argv: string[]): Promise<number> {
   const eos = model.config.eosTokenId;
   const stopTokens = stopFlag ?? (values['ignore-eos'] || eos === undefined ? [] : Array.isArray(eos) ? [...eos] : [eos]);
 
-  const stream = generateStream(model, [prompt], { maxNewTokens, temperature, topK, topP, seed, stopTokens });
+  // A Quiet-STaR folder generates as its language model (thinking at inference is separate);
+  // its thought markers are never emitted (the reference's README pitfall: mask them).
+  const suppressTokens = await quietstarMarkers(modelDir);
+  const stream = generateStream(model, [prompt], { maxNewTokens, temperature, topK, topP, seed, stopTokens, suppressTokens });
   const ids: number[] = [];
   // Text mode decodes prompt + continuation, so the first new token keeps its leading space.
   const text = tok && !values.json ? new TextStream(tok) : undefined;
@@ -108,4 +114,13 @@ export async function generateCommand(argv: string[]): Promise<number> {
     process.stdout.write(`${text ? text.update([...prompt, ...ids], true) : ''}\n`);
   }
   return 0;
+}
+
+/** The thought-marker ids of a Quiet-STaR folder (config.json's "quietstar" block), else []. */
+async function quietstarMarkers(dir: string): Promise<number[]> {
+  const json = await readJsonFile(join(dir, 'config.json'));
+  const block = typeof json === 'object' && json !== null && !Array.isArray(json) ? (json as Record<string, unknown>).quietstar : undefined;
+  if (typeof block !== 'object' || block === null) return [];
+  const { startId, endId } = block as { startId?: unknown; endId?: unknown };
+  return [startId, endId].filter((id): id is number => Number.isInteger(id));
 }

@@ -17,7 +17,7 @@ import type { DType } from '../native.js';
 import type { Parameters } from '../params.js';
 import type { Tensor } from '../tensor.js';
 import { atomicDir, atomicTarget } from './atomic.js';
-import { generationConfigToHF, modelConfigToHF, readModelConfig, type TorchDType } from './config.js';
+import { generationConfigToHF, modelConfigFromHF, modelConfigToHF, readJsonFile, type TorchDType } from './config.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from './dtype.js';
 import { CheckpointWeights, writeCheckpointWeights } from './sharded.js';
 import type { SafetensorsDType, SafetensorsEntry, SafetensorsTensor } from './safetensors.js';
@@ -60,6 +60,7 @@ export function matchCheckpointTensors(
   params: readonly { name: string; shape: readonly number[] }[],
   config: ModelConfig,
   source: string,
+  ignore: (name: string) => boolean = () => false,
 ): Map<string, SafetensorsEntry> {
   const byParam = new Map(params.map((p) => [p.name, p]));
   const matched = new Map<string, SafetensorsEntry>();
@@ -67,7 +68,7 @@ export function matchCheckpointTensors(
   for (const e of entries.values()) {
     const target = candidates(e.name, config).find((n) => byParam.has(n));
     if (target === undefined) {
-      if (!ignoredName(e.name, config)) extra.push(e);
+      if (!ignoredName(e.name, config) && !ignore(e.name)) extra.push(e);
       continue;
     }
     const prev = matched.get(target);
@@ -124,11 +125,15 @@ async function uploadAs(engine: Engine, e: SafetensorsEntry, bytes: Uint8Array, 
  * first, then one tensor at a time). NOT_FOUND when the folder has no weights; BAD_FILE
  * naming the file and tensor for anything malformed or not matching the model.
  */
-export async function loadWeights(model: CheckpointModel, dir: string): Promise<void> {
+export async function loadWeights(
+  model: CheckpointModel,
+  dir: string,
+  options: { ignore?: (name: string) => boolean } = {},
+): Promise<void> {
   const { engine, params, config } = model;
   const weights = await CheckpointWeights.open(dir);
   try {
-    const matched = matchCheckpointTensors(weights.entries, params.entries, config, weights.source);
+    const matched = matchCheckpointTensors(weights.entries, params.entries, config, weights.source, options.ignore);
     const to = params.buffer('params').dtype;
     for (const p of params.entries) {
       const e = matched.get(p.name)!;
@@ -150,12 +155,23 @@ export interface LoadPretrainedOptions {
   dtype?: 'f32' | 'f64';
 }
 
-/** A model from a Hugging Face folder (config.json + model.safetensors or a sharded index). */
+// A Quiet-STaR folder's extra tensors (thought embeddings, mixing head; see lib/quietstar):
+// a plain model loaded from such a folder is its language model, without thinking.
+const QUIETSTAR_EXTRA = /^(start_embedding|end_embedding|talk_head\.)/;
+
+/**
+ * A model from a Hugging Face folder (config.json + model.safetensors or a sharded index).
+ * A Quiet-STaR folder (config.json with a "quietstar" block) loads as its language model: the
+ * thought embeddings and mixing head are left out (QuietStarModel.load reads them).
+ */
 export async function loadPretrained(engine: Engine, dir: string, options: LoadPretrainedOptions = {}): Promise<Model> {
-  const config = await readModelConfig(dir);
+  const path = join(dir, 'config.json');
+  const json = await readJsonFile(path);
+  const config = modelConfigFromHF(json, path);
+  const isQuietStar = typeof json === 'object' && json !== null && !Array.isArray(json) && 'quietstar' in json;
   const model = await Model.create(engine, config, { optimizer: options.optimizer ?? true, dtype: options.dtype ?? 'f32' });
   try {
-    await loadWeights(model, dir);
+    await loadWeights(model, dir, { ignore: isQuietStar ? (n) => QUIETSTAR_EXTRA.test(n) : undefined });
   } catch (err) {
     model.dispose();
     throw err;
