@@ -194,6 +194,25 @@ test('attention with GQA, padding and a sliding window', (t) =>
     },
   }));
 
+// Quiet-STaR's chain queries: B 2 documents x P 2 rows, T 5, 3 chain steps, GQA 4:2, d 3.
+// qChain (R, Sq, T, H, d), kBase/vBase (B, T, Hkv, d), kChain/vChain (R, Sk, T, Hkv, d).
+test('thought attention (packed chain steps, shared base K/V, padding, GQA, window)', (t) =>
+  gradcheck(t, 'thought_attention', {
+    float: { qChain: [4, 3, 5, 4, 3], kBase: [2, 5, 2, 3], vBase: [2, 5, 2, 3], kChain: [4, 3, 5, 2, 3], vChain: [4, 3, 5, 2, 3] },
+    fixed: (e) => ({ valid: e.tensor(new Uint8Array([1, 1, 1, 1, 0, 1, 0, 1, 1, 1]), [2, 5]) }),
+    forward: async (e, x) => [
+      (await e.ops.thoughtAttentionForward({ qChain: x.qChain!, kBase: x.kBase!, vBase: x.vBase!, kChain: x.kChain!, vChain: x.vChain!, valid: x.valid!, window: 3 })).out,
+    ],
+    backward: async (e, x, [w], _o, g) => {
+      const a = { qChain: x.qChain!, kBase: x.kBase!, vBase: x.vBase!, kChain: x.kChain!, vChain: x.vChain!, valid: x.valid!, window: 3 };
+      const f = await e.ops.thoughtAttentionForward(a);
+      await e.ops.thoughtAttentionBackward({
+        ...a, dout: w!, out: f.out, lse: f.lse,
+        dqChain: g.qChain, dkBase: g.kBase, dvBase: g.vBase, dkChain: g.kChain, dvChain: g.vChain,
+      });
+    },
+  }));
+
 test('LM head + cross-entropy with an ignored target', (t) =>
   gradcheck(t, 'lmhead_xent', {
     float: { h: [4, 5], weight: [11, 5] },
