@@ -8,10 +8,26 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdint>
 #include <cstring>
 #include <string>
+#include <vector>
+
+#include "quietstar/status.h"
 
 namespace qs_bench {
+
+// n token ids in [0, vocab) from a fixed LCG (seed 12345): every run and every benchmark
+// that asks for the same n sees the same tokens.
+inline std::vector<int32_t> lcg_tokens(int64_t n, int vocab) {
+  std::vector<int32_t> ids((size_t)n);
+  uint64_t s = 12345;
+  for (int64_t i = 0; i < n; i++) {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    ids[(size_t)i] = (int32_t)((s >> 33) % (uint64_t)vocab);
+  }
+  return ids;
+}
 
 inline double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -66,6 +82,12 @@ bool parse_args(int argc, char** argv, const char* usage, bool* quick, Other oth
 }
 inline bool parse_args(int argc, char** argv, const char* usage, bool* quick) {
   return parse_args(argc, argv, usage, quick, [](const char*) { return false; });
+}
+
+// A failed Status on stderr as "<bench>: <what>: <message>"; returns whether it was OK.
+inline bool report_ok(const char* bench, const qs::Status& st, const char* what) {
+  if (!st.ok()) fprintf(stderr, "%s: %s: %s\n", bench, what, st.to_string().c_str());
+  return st.ok();
 }
 
 }  // namespace qs_bench

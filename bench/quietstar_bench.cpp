@@ -39,12 +39,10 @@ Usage: bench_quietstar_bench [--quick] [--big]
 using namespace qs;
 namespace cpu = qs::cpu;
 using qs_bench::emit;
+using qs_bench::lcg_tokens;
 using qs_bench::now_s;
 
-static bool ok(const Status& st, const char* what) {
-  if (!st.ok()) fprintf(stderr, "quietstar_bench: %s: %s\n", what, st.to_string().c_str());
-  return st.ok();
-}
+static bool ok(const Status& st, const char* what) { return qs_bench::report_ok("quietstar_bench", st, what); }
 
 int main(int argc, char** argv) {
   bool quick = false, big = false;
@@ -67,13 +65,7 @@ int main(int argc, char** argv) {
   fprintf(stderr, "quietstar_bench: GPT-2 L=%d D=%d V=%d, B=%d T=%d, nAhead %d nAheadTalk %d nPasses %d (S = %d chain steps)\n",
           c.n_layers, c.d_model, c.vocab_size, B, T, o.n_ahead, o.n_ahead_talk, o.n_passes, S);
 
-  std::vector<int32_t> ids(B * T), labels(B * T), tg(B * T);
-  uint64_t s = 12345;
-  for (int i = 0; i < B * T; i++) {
-    s = s * 6364136223846793005ull + 1442695040888963407ull;
-    ids[i] = (int)((s >> 33) % 4096);
-  }
-  labels = ids;
+  std::vector<int32_t> ids = lcg_tokens(B * T, 4096), labels = ids, tg(B * T);
   for (int i = 0; i < B * T; i++) tg[i] = (i + 1) % T == 0 ? -100 : ids[i + 1];
 
   std::vector<ParamSpec> specs = model_param_specs(c);

@@ -22,7 +22,7 @@ interface Row {
 }
 
 const root = fileURLToPath(new URL('..', import.meta.url));
-const PROGRAMS = ['gemm_bench', 'kernels_bench', 'attention_xent_bench', 'thought_attention_bench', 'train_bench', 'quietstar_bench'];
+const PROGRAMS = ['gemm_bench', 'kernels_bench', 'attention_xent_bench', 'thought_attention_bench', 'train_bench', 'quietstar_bench', 'think_bench'];
 
 function findBinary(name: string): string | undefined {
   for (const dir of [process.env.QUIETSTAR_BENCH_DIR, join(root, 'build'), join(root, 'build', 'Release')]) {

@@ -37,12 +37,10 @@ Usage: bench_train_bench [--quick]
 using namespace qs;
 namespace cpu = qs::cpu;
 using qs_bench::emit;
+using qs_bench::lcg_tokens;
 using qs_bench::now_s;
 
-static bool ok(const Status& st, const char* what) {
-  if (!st.ok()) fprintf(stderr, "train_bench: %s: %s\n", what, st.to_string().c_str());
-  return st.ok();
-}
+static bool ok(const Status& st, const char* what) { return qs_bench::report_ok("train_bench", st, what); }
 
 static ModelConfig reference_config() {
   ModelConfig c;
@@ -88,12 +86,7 @@ int main(int argc, char** argv) {
           c.n_layers, c.d_model, c.n_heads, c.d_ff, c.vocab_size, B, T, n_params / 1e6, (n_params - n_embed) / 1e6,
           flops_per_token / 1e6);
 
-  std::vector<int32_t> ids(N), tg(N);
-  uint64_t s = 12345;
-  for (int i = 0; i < N; i++) {
-    s = s * 6364136223846793005ull + 1442695040888963407ull;
-    ids[i] = (int)((s >> 33) % (uint64_t)c.vocab_size);
-  }
+  std::vector<int32_t> ids = lcg_tokens(N, c.vocab_size), tg(N);
   for (int i = 0; i < N; i++) tg[i] = (i + 1) % T == 0 ? ids[i] : ids[i + 1];
 
   for (int threads = 1; threads <= 2; threads++) {

@@ -21,6 +21,7 @@
  * depend on the other rows of the batch.
  */
 import { QuietstarError } from './errors.js';
+import type { Engine } from './engine.js';
 import type { Model } from './model/model.js';
 import type { Tensor } from './tensor.js';
 
@@ -119,6 +120,156 @@ function resolveOptions(options: GenerateOptions, vocabSize: number, B: number):
 }
 
 /**
+ * Where generation's next-token logits come from: the plain model's KV-cached decoding, or a
+ * Quiet-STaR model thinking before each token (lib/think-generate.ts). `N` is what a step
+ * reports per row besides its token (nothing, or the thought behind it).
+ */
+export interface NextTokenSource<N> {
+  readonly engine: Engine;
+  readonly vocabSize: number;
+  /** The largest position a prompt of L tokens and maxNewTokens new ones may reach is checked against this. */
+  readonly maxSeqLen: number;
+  /** Positions a step uses beyond the fed token (a thought branch's), for the length check. */
+  readonly extraPositions: number;
+  /** Ids never generated, on top of options.suppressTokens (e.g. the thought markers). */
+  readonly alwaysSuppress: readonly number[];
+  /** Empties the cache for B rows of maxLen text slots. */
+  reset(B: number, maxLen: number): Promise<void>;
+  /** Appends (B, n) slots; returns the logits (B, V) after each row's last slot and a note per row. */
+  decode(ids: Int32Array, positions: Int32Array, valid: Uint8Array, n: number): Promise<{ logits: Tensor; notes: N[] }>;
+}
+
+/** One step of {@link generateFrom}: a {@link GenerateStep} plus each row's note ([] where finished). */
+export interface SourceStep<N> extends GenerateStep {
+  notes: (N | null)[];
+}
+
+/**
+ * The generation loop over any {@link NextTokenSource}; the generator's return value is the
+ * {@link GenerateResult} plus the notes of every generated token per prompt.
+ */
+export async function* generateFrom<N>(
+  source: NextTokenSource<N>,
+  prompts: readonly (readonly number[])[],
+  options: GenerateOptions,
+): AsyncGenerator<SourceStep<N>, GenerateResult & { notes: N[][] }, undefined> {
+  const V = source.vocabSize;
+  if (!Array.isArray(prompts) || prompts.length === 0) bad('prompts must be a non-empty array of token id arrays');
+  prompts.forEach((p, i) => checkIds(`prompts[${i}]`, p, V, false));
+  const B = prompts.length;
+  const o = resolveOptions(options, V, B);
+  const lens = prompts.map((p) => p.length);
+  const L = Math.max(...lens);
+  const ids: number[][] = prompts.map(() => []);
+  const notes: N[][] = prompts.map(() => []);
+  const finished: boolean[] = prompts.map(() => false);
+  if (o.maxNewTokens === 0) return { ids, finished, notes };
+  // The last token fed is at position len + maxNewTokens - 2 (the final one is never fed); a
+  // step's branch (if any) reaches extraPositions beyond it.
+  const last = L + o.maxNewTokens - 2 + source.extraPositions;
+  if (last + 1 > source.maxSeqLen) {
+    const branch = source.extraPositions ? ` + ${source.extraPositions} thought positions` : '';
+    bad(
+      `options.maxNewTokens: the longest prompt (${L} tokens) + maxNewTokens (${o.maxNewTokens}) - 1${branch} = ` +
+        `${last + 1} positions exceeds the model's maxSeqLen ${source.maxSeqLen}`,
+    );
+  }
+  o.signal?.throwIfAborted();
+
+  const engine = source.engine;
+  await source.reset(B, L + o.maxNewTokens - 1);
+
+  // Prefill: (B, L) left-padded; padding is invalid, positions count real tokens from 0.
+  const pre = new Int32Array(B * L);
+  const prePos = new Int32Array(B * L);
+  const preValid = new Uint8Array(B * L);
+  for (let b = 0; b < B; b++) {
+    const pad = L - lens[b]!;
+    pre.set(prompts[b]!, b * L + pad);
+    for (let j = pad; j < L; j++) prePos[b * L + j] = j - pad;
+    preValid.fill(1, b * L + pad, b * L + L);
+  }
+  const suppressIds = [...new Set([...source.alwaysSuppress, ...o.suppress])];
+  const suppress = suppressIds.length ? engine.tensor(Int32Array.from(suppressIds), [suppressIds.length]) : undefined;
+  const rows = o.rowIds ? engine.tensor(Int32Array.from(o.rowIds), [B]) : undefined;
+  let out: { logits: Tensor | undefined; notes: N[] } = await source.decode(pre, prePos, preValid, L);
+  try {
+    const next = new Int32Array(B);
+    const pos = new Int32Array(B);
+    const valid = new Uint8Array(B);
+    for (let step = 0; step < o.maxNewTokens; step++) {
+      const { ids: sampled } = await engine.ops.sampleTokens({
+        logits: out.logits!,
+        rows,
+        suppress,
+        temperature: o.temperature,
+        topK: o.topK,
+        topP: o.topP,
+        seed: o.seed,
+        step,
+      });
+      out.logits!.dispose();
+      out.logits = undefined;
+      const drawn = (await sampled.data()) as Int32Array;
+      sampled.dispose();
+      const tokens: (number | null)[] = [];
+      const stepNotes: (N | null)[] = [];
+      for (let b = 0; b < B; b++) {
+        if (finished[b]) {
+          tokens.push(null);
+          stepNotes.push(null);
+          continue;
+        }
+        const t = drawn[b]!;
+        ids[b]!.push(t);
+        tokens.push(t);
+        notes[b]!.push(out.notes[b]!);
+        stepNotes.push(out.notes[b]!);
+        if (o.stop.has(t)) finished[b] = true;
+      }
+      yield { step, tokens, finished: finished.slice(), notes: stepNotes };
+      if (finished.every(Boolean) || step === o.maxNewTokens - 1) break;
+      o.signal?.throwIfAborted();
+      for (let b = 0; b < B; b++) {
+        next[b] = finished[b] ? 0 : drawn[b]!;
+        pos[b] = lens[b]! + step;
+        valid[b] = finished[b] ? 0 : 1;
+      }
+      out = await source.decode(next, pos, valid, 1);
+    }
+  } finally {
+    out.logits?.dispose();
+    suppress?.dispose();
+    rows?.dispose();
+  }
+  return { ids, finished, notes };
+}
+
+/** The plain model as a {@link NextTokenSource} (no notes). */
+function modelSource(model: Model): NextTokenSource<null> {
+  return {
+    engine: model.engine,
+    vocabSize: model.config.vocabSize,
+    maxSeqLen: model.config.maxSeqLen,
+    extraPositions: 0,
+    alwaysSuppress: [],
+    reset: (B, maxLen) => model.resetCache(B, maxLen),
+    decode: async (ids, positions, valid, n) => ({
+      logits: await model.decode({ ids, positions, valid, n }),
+      notes: new Array<null>(ids.length / n).fill(null),
+    }),
+  };
+}
+
+/** Drains a generator and returns its return value. */
+export async function drain<Y, R>(it: AsyncGenerator<Y, R, undefined>): Promise<R> {
+  for (;;) {
+    const r = await it.next();
+    if (r.done) return r.value;
+  }
+}
+
+/**
  * Generates up to `maxNewTokens` tokens after each prompt, yielding every step as it is
  * sampled (for streaming output). The generator's return value is the {@link GenerateResult}.
  * Resets the model's KV cache.
@@ -128,90 +279,13 @@ export async function* generateStream(
   prompts: readonly (readonly number[])[],
   options: GenerateOptions,
 ): AsyncGenerator<GenerateStep, GenerateResult, undefined> {
-  const V = model.config.vocabSize;
-  if (!Array.isArray(prompts) || prompts.length === 0) bad('prompts must be a non-empty array of token id arrays');
-  prompts.forEach((p, i) => checkIds(`prompts[${i}]`, p, V, false));
-  const B = prompts.length;
-  const o = resolveOptions(options, V, B);
-  const lens = prompts.map((p) => p.length);
-  const L = Math.max(...lens);
-  const ids: number[][] = prompts.map(() => []);
-  const finished: boolean[] = prompts.map(() => false);
-  if (o.maxNewTokens === 0) return { ids, finished };
-  // The last token fed is at position len + maxNewTokens - 2 (the final one is never fed).
-  if (L + o.maxNewTokens - 1 > model.config.maxSeqLen) {
-    bad(
-      `options.maxNewTokens: the longest prompt (${L} tokens) + maxNewTokens (${o.maxNewTokens}) - 1 = ` +
-        `${L + o.maxNewTokens - 1} positions exceeds the model's maxSeqLen ${model.config.maxSeqLen}`,
-    );
+  const it = generateFrom(modelSource(model), prompts, options);
+  for (;;) {
+    const r = await it.next();
+    if (r.done) return { ids: r.value.ids, finished: r.value.finished };
+    const { step, tokens, finished } = r.value;
+    yield { step, tokens, finished };
   }
-  o.signal?.throwIfAborted();
-
-  const engine = model.engine;
-  await model.resetCache(B, L + o.maxNewTokens - 1);
-
-  // Prefill: (B, L) left-padded; padding is invalid, positions count real tokens from 0.
-  const pre = new Int32Array(B * L);
-  const prePos = new Int32Array(B * L);
-  const preValid = new Uint8Array(B * L);
-  for (let b = 0; b < B; b++) {
-    const prompt = prompts[b]!;
-    const pad = L - prompt.length;
-    for (let j = pad; j < L; j++) {
-      pre[b * L + j] = prompt[j - pad]!;
-      prePos[b * L + j] = j - pad;
-      preValid[b * L + j] = 1;
-    }
-  }
-  const suppress = o.suppress.length ? engine.tensor(Int32Array.from(o.suppress), [o.suppress.length]) : undefined;
-  const rows = o.rowIds ? engine.tensor(Int32Array.from(o.rowIds), [B]) : undefined;
-  let logits: Tensor | undefined = await model.decode({ ids: pre, positions: prePos, valid: preValid, n: L });
-  try {
-    const next = new Int32Array(B);
-    const pos = new Int32Array(B);
-    const valid = new Uint8Array(B);
-    for (let step = 0; step < o.maxNewTokens; step++) {
-      const { ids: sampled } = await engine.ops.sampleTokens({
-        logits,
-        rows,
-        suppress,
-        temperature: o.temperature,
-        topK: o.topK,
-        topP: o.topP,
-        seed: o.seed,
-        step,
-      });
-      logits.dispose();
-      logits = undefined;
-      const drawn = (await sampled.data()) as Int32Array;
-      sampled.dispose();
-      const tokens: (number | null)[] = [];
-      for (let b = 0; b < B; b++) {
-        if (finished[b]) {
-          tokens.push(null);
-          continue;
-        }
-        const t = drawn[b]!;
-        ids[b]!.push(t);
-        tokens.push(t);
-        if (o.stop.has(t)) finished[b] = true;
-      }
-      yield { step, tokens, finished: finished.slice() };
-      if (finished.every(Boolean) || step === o.maxNewTokens - 1) break;
-      o.signal?.throwIfAborted();
-      for (let b = 0; b < B; b++) {
-        next[b] = finished[b] ? 0 : drawn[b]!;
-        pos[b] = lens[b]! + step;
-        valid[b] = finished[b] ? 0 : 1;
-      }
-      logits = await model.decode({ ids: next, positions: pos, valid, n: 1 });
-    }
-  } finally {
-    logits?.dispose();
-    suppress?.dispose();
-    rows?.dispose();
-  }
-  return { ids, finished };
 }
 
 /**
@@ -223,9 +297,5 @@ export async function generate(
   prompts: readonly (readonly number[])[],
   options: GenerateOptions,
 ): Promise<GenerateResult> {
-  const it = generateStream(model, prompts, options);
-  for (;;) {
-    const r = await it.next();
-    if (r.done) return r.value;
-  }
+  return drain(generateStream(model, prompts, options));
 }

@@ -44,6 +44,18 @@ export {
 export { SafetensorsReader, writeSafetensors, type SafetensorsDType, type SafetensorsEntry } from './hf/safetensors.js';
 export { modelConfigFromHF, modelConfigToHF, readModelConfig } from './hf/config.js';
 export { generate, generateStream, type GenerateOptions, type GenerateResult, type GenerateStep } from './generate.js';
+export {
+  generateWithThoughts,
+  generateWithThoughtsStream,
+  thinkingPromptLimit,
+  type ThinkGenerateOptions,
+  type ThinkGenerateResult,
+  type ThinkGenerateStep,
+} from './think-generate.js';
 export * from './data/index.js';
 export * from './train/index.js';
 export * from './quietstar/index.js';
+export * from './eval/index.js';
+export { runDemo, type DemoOptions, type DemoMetrics, type DemoProgress, type DemoPhase } from './demo/pipeline.js';
+export { DEMO_SIZES, demoSize, type DemoSize, type DemoSizeName } from './demo/config.js';
+export { arithmeticCorpus, type ArithmeticCorpus, type ArithmeticCorpusOptions, type ArithmeticProblem } from './demo/corpus.js';

@@ -117,6 +117,26 @@ export interface NativeQuietStar {
     lossScale: number,
   ): Promise<NativeQuietStarMetrics & { thoughts: Int32Array }>;
   debugTensor(name: string): Promise<{ data: Float32Array | Float64Array; shape: number[] }>;
+  /**
+   * After forwardBackward: talk step 0's mixed logits and the base logits at K (row, position)
+   * pairs, `at` = (K, 2) int32 row-major; each result (K, V) row-major, nothing masked.
+   */
+  talkLogits(at: Int32Array, K: number): Promise<{ mixed: Float32Array | Float64Array; base: Float32Array | Float64Array }>;
+  /** Thinking decode's private KV cache: B rows, maxLen text slots (plus one thought branch). */
+  thinkResetCache(B: number, maxLen: number): Promise<void>;
+  /**
+   * Thinking decode (spec §5): ids / positions / valid (B·n) appended to the cache, then a thought
+   * per row; logits (B, V) mixed with the markers −inf, baseLogits (B, V) plain, thoughts (B, nAhead − 3).
+   */
+  thinkDecode(
+    ids: Int32Array,
+    positions: Int32Array,
+    valid: Uint8Array | undefined,
+    B: number,
+    n: number,
+    seed: number,
+    rowIds: Int32Array | undefined,
+  ): Promise<{ logits: Float32Array | Float64Array; baseLogits: Float32Array | Float64Array; thoughts: Int32Array }>;
   dispose(): void;
 }
 

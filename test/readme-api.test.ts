@@ -12,10 +12,17 @@ import {
   Engine,
   Model,
   QuietStarModel,
+  evaluateAnswers,
   generate,
+  generateWithThoughts,
+  gsm8kTask,
+  hardTokenAnalysis,
+  hardTokenHeatmapHtml,
+  loadGsm8k,
   loadPretrained,
   loadQuietStarData,
   loadTokenizer,
+  runDemo,
   savePretrained,
   trainQuietStar,
 } from '../lib/index.js';
@@ -112,6 +119,38 @@ if (reason) console.log(`readme-api: skipped: ${reason}`);
     back.dispose();
   } finally {
     engine.dispose();
+    rmSync(out, { recursive: true, force: true });
+  }
+});
+
+const evalReason = missingData('gsm8k', 'test.jsonl');
+(evalReason ? test.skip : test)('the README evaluation example runs as documented (on the tiny demo model)', async (t) => {
+  const out = mkdtempSync(join(tmpdir(), 'qs-readme-eval-'));
+  try {
+    {
+      using demoEngine = Engine.create({ device: 'cpu' });
+      await runDemo(demoEngine, { outDir: out, size: 'tiny' });
+    }
+    using engine = Engine.create({ device: 'cpu' });
+    using qs = await QuietStarModel.load(engine, join(out, 'model'));
+    const gsm8k = await loadGsm8k(dataPath('gsm8k', 'test.jsonl'));
+    // The README's call with limit 4 (not 100) for the test.
+    const r = await evaluateAnswers(qs, gsm8kTask(qs.tokenizer), gsm8k, { limit: 4, batchSize: 8, jsonl: join(out, 'gsm8k.jsonl') });
+    t.is(r.examples, 4);
+    for (const v of [r.paperMetric.withThinking, r.paperMetric.withoutThinking]) t.true(v >= 0 && v <= 1);
+    t.truthy(r.exactMatch);
+
+    const docs = [qs.tokenizer.encode('Q: 12+35-7=?\nA: 40\nQ: 3+4=?\nA: 7\n', { addSpecialTokens: true })];
+    const h = await hardTokenAnalysis(qs, docs, { seqLen: 16 });
+    t.true(h.deciles.length > 0 && h.tokens > 0);
+    t.regex(hardTokenHeatmapHtml(h, qs.tokenizer), /<html/i);
+
+    const prompt = qs.tokenizer.encode('Q: 12+35-7=?\nA:', { addSpecialTokens: true });
+    const g = await generateWithThoughts(qs, [prompt], { maxNewTokens: 8, temperature: 0 });
+    t.true(g.ids[0]!.length >= 1 && g.ids[0]!.length <= 8);
+    t.is(g.thoughts[0]!.length, g.ids[0]!.length);
+    t.false(g.ids[0]!.includes(qs.startId) || g.ids[0]!.includes(qs.endId));
+  } finally {
     rmSync(out, { recursive: true, force: true });
   }
 });

@@ -9,6 +9,12 @@
  * await qs.params.clipGradNorm(1);
  * await qs.params.adamwStep({ lr: 1e-6, weightDecay: 0.001 });
  * await qs.save('out/quietstar');
+ *
+ * // evaluation (spec §4.1) and thinking at inference (spec §5)
+ * const ev = await qs.evalForward({ ids, valid, B: 4, T: 256 }, 0); // per-position NLL with / without thought
+ * const { mixed } = await qs.evalLogits([[0, 10]]);                  // full logits at chosen positions only
+ * await qs.thinkResetCache(1, 512);
+ * const { logits, thoughts } = await qs.thinkDecode(prompt, positions, undefined, 1, prompt.length, 0);
  * ```
  *
  * The model's vocabulary is the base's V plus `<|startthought|>` (id V) and `<|endthought|>`
@@ -78,6 +84,51 @@ export interface QuietStarStepMetrics {
   mixMax: number;
   /** Text tokens of the micro-batch (valid B·T). */
   tokens: number;
+}
+
+/** A batch for {@link QuietStarModel.evalForward}: B documents of T tokens, row-major. */
+export interface EvalBatch {
+  /** (B·T) token ids in [0, V). */
+  ids: Int32Array;
+  /** (B·T) 1 = a real token, 0 = padding. @defaultValue every token valid */
+  valid?: Uint8Array;
+  B: number;
+  T: number;
+}
+
+/**
+ * Per-position results of {@link QuietStarModel.evalForward}, each (B, T) row-major: entry
+ * (b, i) is about the prediction of x_{i+1} made at position i.
+ */
+export interface EvalForward {
+  B: number;
+  T: number;
+  /** −log p_base(x_{i+1} | x_0..x_i); NaN where i = T − 1 or x_{i+1} is padding. */
+  baseNll: Float64Array;
+  /** The same for the mixed prediction after the thought at i; NaN at the same entries. */
+  thinkNll: Float64Array;
+  /** The mixing weight w at (b, i); NaN where i = T − 1 or x_i is padding. */
+  mixWeight: Float64Array;
+  /** (B, T, nAhead − 3) the thought sampled at each position. */
+  thoughts: Int32Array;
+}
+
+/** Full-vocabulary logits of {@link QuietStarModel.evalLogits}: one array of V per requested position. */
+export interface EvalLogits {
+  /** The mixed (post-thought) logits predicting x_{i+1}. */
+  mixed: Float64Array[];
+  /** The base model's logits predicting x_{i+1}. */
+  base: Float64Array[];
+}
+
+/** One call of {@link QuietStarModel.thinkDecode}. */
+export interface ThinkDecodeResult {
+  /** (B, V) next-token logits mixed with the thought's, the two markers −inf. */
+  logits: Float32Array | Float64Array;
+  /** (B, V) the plain next-token logits (no thought). */
+  baseLogits: Float32Array | Float64Array;
+  /** (B, nAhead − 3) the thought sampled for each row (discarded from the cache). */
+  thoughts: Int32Array;
 }
 
 /** What building a Quiet-STaR model from a base model takes. */
@@ -344,6 +395,12 @@ export class QuietStarModel implements Disposable {
   /** `<|endthought|>`'s id: V + 1. */
   readonly endId: number;
   private readonly native: NativeQuietStar;
+  /** The eval-mode step (nPasses 1, nAheadTalk 1), created by the first evalForward. */
+  private evalNative: Promise<NativeQuietStar> | undefined;
+  /** The shape of the last evalForward, for evalLogits. */
+  private evalShape: { B: number; T: number } | undefined;
+  /** evalForward / evalLogits run one at a time (they share the eval step's buffers). */
+  private evalQueue: Promise<unknown> = Promise.resolve();
   private readonly source: TokenizerSource;
   private readonly initToken: string;
 
@@ -568,10 +625,136 @@ export class QuietStarModel implements Disposable {
     return this.native.debugTensor(name);
   }
 
+  /**
+   * Eval-mode forward without gradients (spec §4.1: one thought per position, nPasses 1,
+   * nAheadTalk 1), on a second native step with those options over the same model, created by
+   * the first call and disposed with the model. Thoughts are sampled with `seed` as
+   * {@link sampleThoughts} samples them (row r = b). Calls run one at a time.
+   */
+  async evalForward(batch: EvalBatch, seed: number): Promise<EvalForward> {
+    if (typeof batch !== 'object' || batch === null) bad('evalForward: batch must be an object {ids, valid?, B, T}');
+    const B = checkDim('batch.B', batch.B);
+    const T = checkDim('batch.T', batch.T);
+    checkArray('batch.ids', batch.ids, Int32Array, B * T);
+    if (batch.valid !== undefined) checkArray('batch.valid', batch.valid, Uint8Array, B * T);
+    checkSeed(seed);
+    const { ids, valid } = batch;
+    return this.serialEval(async () => {
+      const native = await this.evalStep();
+      const labels = new Int32Array(B * T);
+      for (let n = 0; n < B * T; n++) labels[n] = valid === undefined || valid[n] ? ids[n]! : -100;
+      this.evalShape = undefined;
+      const thoughts = await native.sampleThoughts(ids, valid, B, T, seed);
+      await native.forwardBackward(ids, valid, labels, B, T, thoughts, false, 1);
+      const base = (await native.debugTensor('base_nll')).data; // (B, T)
+      const talk = (await native.debugTensor('talk_nll')).data; // (B, 1, T)
+      const mix = (await native.debugTensor('mix_weight')).data; // (B, 1, T)
+      this.evalShape = { B, T };
+      const baseNll = new Float64Array(B * T).fill(NaN);
+      const thinkNll = new Float64Array(B * T).fill(NaN);
+      const mixWeight = new Float64Array(B * T).fill(NaN);
+      for (let b = 0; b < B; b++) {
+        for (let i = 0; i + 1 < T; i++) {
+          const n = b * T + i;
+          if (labels[n + 1] !== -100) {
+            baseNll[n] = base[n]!;
+            thinkNll[n] = talk[n]!;
+          }
+          if (labels[n] !== -100) mixWeight[n] = mix[n]!;
+        }
+      }
+      return { B, T, baseNll, thinkNll, mixWeight, thoughts };
+    });
+  }
+
+  /**
+   * After {@link evalForward}: the full-vocabulary logits predicting x_{i+1} at the K chosen
+   * (b, i), i < T − 1, mixed and base (nothing masked). Only those K rows go through the LM
+   * head: never the logits of every position.
+   */
+  async evalLogits(at: ReadonlyArray<readonly [b: number, i: number]>): Promise<EvalLogits> {
+    if (!Array.isArray(at)) bad('evalLogits: at must be an array of [b, i] pairs');
+    return this.serialEval(async () => {
+      const shape = this.evalShape;
+      if (shape === undefined) bad('evalLogits: no evalForward yet (call evalForward first)');
+      const flat = new Int32Array(at.length * 2);
+      at.forEach((pair, k) => {
+        const [b, i] = Array.isArray(pair) ? pair : [NaN, NaN];
+        if (!Number.isInteger(b) || b < 0 || b >= shape.B || !Number.isInteger(i) || i < 0 || i >= shape.T - 1) {
+          bad(`evalLogits: at[${k}] = ${JSON.stringify(pair)} must be [b, i] with b in [0, ${shape.B}) and i in [0, ${shape.T - 1}) (T − 1)`);
+        }
+        flat[2 * k] = b;
+        flat[2 * k + 1] = i;
+      });
+      const native = await this.evalStep();
+      const r = await native.talkLogits(flat, at.length);
+      const V = this.model.config.vocabSize;
+      const rows = (x: Float32Array | Float64Array): Float64Array[] =>
+        at.map((_, k) => Float64Array.from(x.subarray(k * V, (k + 1) * V)));
+      return { mixed: rows(r.mixed), base: rows(r.base) };
+    });
+  }
+
+  /**
+   * Resets the private KV cache of {@link thinkDecode} (not the model's own cache): B rows,
+   * `maxLen` text slots, plus room for one thought branch.
+   */
+  async thinkResetCache(B: number, maxLen: number): Promise<void> {
+    await this.native.thinkResetCache(checkDim('B', B), checkDim('maxLen', maxLen));
+  }
+
+  /**
+   * Thinking decode (spec §5): appends `ids` (B·n, at `positions`, padding where `valid` is 0)
+   * to the thinking cache, then for every row forks a thought on top of it (start marker at
+   * t + 1, nAhead − 3 sampled tokens, end marker; t = the row's last position), mixes it into
+   * the next-token prediction and discards it from the cache. Thoughts are keyed by (seed,
+   * rowIds[b] (default b), step, t): they equal {@link evalForward}'s at (rowIds[b], t) on the same
+   * text with the same seed. Cost: about nAhead plain decoding steps.
+   */
+  async thinkDecode(
+    ids: Int32Array,
+    positions: Int32Array,
+    valid: Uint8Array | undefined,
+    B: number,
+    n: number,
+    seed: number,
+    rowIds?: Int32Array,
+  ): Promise<ThinkDecodeResult> {
+    const count = checkDim('B', B) * checkDim('n', n);
+    checkArray('ids', ids, Int32Array, count);
+    checkArray('positions', positions, Int32Array, count);
+    if (valid !== undefined) checkArray('valid', valid, Uint8Array, count);
+    if (rowIds !== undefined) checkArray('rowIds', rowIds, Int32Array, B);
+    return this.native.thinkDecode(ids, positions, valid, B, n, checkSeed(seed), rowIds);
+  }
+
   /** Frees the step's buffers, the model and its parameters (idempotent). Later calls reject with DISPOSED. */
   dispose(): void {
     this.native.dispose();
+    void this.evalNative?.then((n) => n.dispose(), () => undefined);
     this.model.dispose();
+  }
+
+  /** The eval-mode step, created once. */
+  private evalStep(): Promise<NativeQuietStar> {
+    if (this.disposed) return Promise.reject(new QuietstarError('this QuietStarModel was disposed', 'DISPOSED'));
+    if (this.evalNative === undefined) {
+      const created = loadBinding().createQuietStar(
+        this.model.nativeModel,
+        nativeOptions({ ...this.options, nPasses: 1, nAheadTalk: 1 }, this.startId, this.endId),
+      );
+      this.evalNative = created;
+      created.catch(() => {
+        if (this.evalNative === created) this.evalNative = undefined; // a later call tries again
+      });
+    }
+    return this.evalNative;
+  }
+
+  private serialEval<R>(job: () => Promise<R>): Promise<R> {
+    const run = this.evalQueue.then(job, job);
+    this.evalQueue = run.catch(() => undefined);
+    return run;
   }
 
   [Symbol.dispose](): void {

@@ -104,6 +104,34 @@ static Napi::Int32Array int32_array(Napi::Env env, const std::vector<int32_t>& v
   return arr;
 }
 
+// A float tensor's bytes (compute thread) and, on the JS thread, a Float32Array / Float64Array.
+struct FloatBytes {
+  DType dtype = DType::F32;
+  Shape shape;
+  std::vector<char> bytes;
+};
+
+static Status download_float(Engine& e, const Tensor& t, const char* what, FloatBytes* out) {
+  if (t.dtype() != DType::F32 && t.dtype() != DType::F64)
+    return QS_ERROR(INTERNAL, "%s is %s, not f32/f64", what, t.describe().c_str());
+  out->dtype = t.dtype();
+  out->shape = t.shape();
+  out->bytes.resize(t.nbytes());
+  return out->bytes.empty() ? Status::Ok() : e.download(t, out->bytes.data(), out->bytes.size());
+}
+
+static Napi::Value float_array(Napi::Env env, const FloatBytes& r) {
+  size_t n = r.bytes.size() / dtype_size(r.dtype);
+  if (r.dtype == DType::F64) {
+    Napi::Float64Array a = Napi::Float64Array::New(env, n);
+    if (n) std::memcpy(a.Data(), r.bytes.data(), r.bytes.size());
+    return a;
+  }
+  Napi::Float32Array a = Napi::Float32Array::New(env, n);
+  if (n) std::memcpy(a.Data(), r.bytes.data(), r.bytes.size());
+  return a;
+}
+
 static Napi::Object metrics_to_js(Napi::Env env, const QuietStarMetrics& m) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("loss", m.loss);
@@ -135,6 +163,9 @@ Napi::Function QuietStarWrap::Init(Napi::Env env) {
                       InstanceMethod<&QuietStarWrap::ForwardBackward>("forwardBackward"),
                       InstanceMethod<&QuietStarWrap::Step>("step"),
                       InstanceMethod<&QuietStarWrap::DebugTensor>("debugTensor"),
+                      InstanceMethod<&QuietStarWrap::TalkLogits>("talkLogits"),
+                      InstanceMethod<&QuietStarWrap::ThinkResetCache>("thinkResetCache"),
+                      InstanceMethod<&QuietStarWrap::ThinkDecode>("thinkDecode"),
                       InstanceAccessor<&QuietStarWrap::GetDisposed>("disposed"),
                       InstanceMethod<&QuietStarWrap::Dispose>("dispose")});
 }
@@ -285,41 +316,92 @@ Napi::Value QuietStarWrap::DebugTensor(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   check(env);
   std::string name = get_string(info[0], "name");
-  struct Result {
-    DType dtype = DType::F32;
-    Shape shape;
-    std::vector<char> bytes;
-  };
-  auto r = std::make_shared<Result>();
+  auto r = std::make_shared<FloatBytes>();
   qs::Engine* e = engine_->engine();
   return enqueue(
       env,
       [e, name, r](State& s) -> Status {
         Tensor t;
         QS_RETURN_IF_ERROR(s.step->debug_tensor(name, &t));
-        if (t.dtype() != DType::F32 && t.dtype() != DType::F64) {
-          return QS_ERROR(INTERNAL, "debug tensor '%s' is %s, not f32/f64", name.c_str(), t.describe().c_str());
-        }
-        r->dtype = t.dtype();
-        r->shape = t.shape();
-        r->bytes.resize(t.nbytes());
-        return r->bytes.empty() ? Status::Ok() : e->download(t, r->bytes.data(), r->bytes.size());
+        return download_float(*e, t, ("debug tensor '" + name + "'").c_str(), r.get());
       },
       [r](Napi::Env env) -> Napi::Value {
-        size_t n = r->bytes.size() / dtype_size(r->dtype);
-        Napi::Value data;
-        if (r->dtype == DType::F64) {
-          Napi::Float64Array a = Napi::Float64Array::New(env, n);
-          if (n) std::memcpy(a.Data(), r->bytes.data(), r->bytes.size());
-          data = a;
-        } else {
-          Napi::Float32Array a = Napi::Float32Array::New(env, n);
-          if (n) std::memcpy(a.Data(), r->bytes.data(), r->bytes.size());
-          data = a;
-        }
         Napi::Object o = Napi::Object::New(env);
-        o.Set("data", data);
+        o.Set("data", float_array(env, *r));
         o.Set("shape", shape_to_js(env, r->shape));
+        return o;
+      });
+}
+
+// talkLogits(at: Int32Array (K·2), K): Promise<{mixed, base}> each (K, V) row-major
+Napi::Value QuietStarWrap::TalkLogits(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  check(env);
+  int K = (int)get_int(info[1], "K", 0, INT_MAX);
+  auto at = std::make_shared<HostArray>(host_array(info[0], DType::I32, Shape{K, 2}, "at"));
+  auto mixed = std::make_shared<FloatBytes>(), base = std::make_shared<FloatBytes>();
+  qs::Engine* e = engine_->engine();
+  return enqueue(
+      env,
+      [e, at, mixed, base](State& s) -> Status {
+        Tensor t, m, b;
+        QS_RETURN_IF_ERROR(to_tensor(*e, *at, &t));
+        QS_RETURN_IF_ERROR(s.step->talk_logits(t, &m, &b));
+        QS_RETURN_IF_ERROR(download_float(*e, m, "talk logits", mixed.get()));
+        return download_float(*e, b, "base logits", base.get());
+      },
+      [mixed, base](Napi::Env env) -> Napi::Value {
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("mixed", float_array(env, *mixed));
+        o.Set("base", float_array(env, *base));
+        return o;
+      });
+}
+
+// thinkResetCache(B, maxLen): Promise<void>
+Napi::Value QuietStarWrap::ThinkResetCache(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  check(env);
+  int B = dim_arg(info[0], "B");
+  int max_len = dim_arg(info[1], "maxLen");
+  return enqueue(env, [B, max_len](State& s) { return s.step->think_reset(B, max_len); }, nullptr);
+}
+
+// thinkDecode(ids, positions, valid | undefined, B, n, seed, rowIds | undefined):
+//   Promise<{logits, baseLogits: Float32Array | Float64Array (B, V), thoughts: Int32Array (B, nAhead - 3)}>
+Napi::Value QuietStarWrap::ThinkDecode(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  check(env);
+  int B = dim_arg(info[3], "B"), n = dim_arg(info[4], "n");
+  Shape shape{B, n};
+  auto ids = std::make_shared<HostArray>(host_array(info[0], DType::I32, shape, "ids"));
+  auto positions = std::make_shared<HostArray>(host_array(info[1], DType::I32, shape, "positions"));
+  auto valid = std::make_shared<HostArray>();
+  if (!info[2].IsUndefined() && !info[2].IsNull()) *valid = host_array(info[2], DType::U8, shape, "valid");
+  uint64_t seed = seed_arg(info[5]);
+  auto rows = std::make_shared<HostArray>();
+  if (info.Length() > 6 && !info[6].IsUndefined() && !info[6].IsNull()) *rows = host_array(info[6], DType::I32, Shape{B}, "rowIds");
+  auto logits = std::make_shared<FloatBytes>(), base = std::make_shared<FloatBytes>();
+  auto thoughts = std::make_shared<std::vector<int32_t>>();
+  qs::Engine* e = engine_->engine();
+  return enqueue(
+      env,
+      [e, ids, positions, valid, rows, seed, logits, base, thoughts](State& s) -> Status {
+        Tensor ti, tp, tv, tr, l, b, th;
+        QS_RETURN_IF_ERROR(to_tensor(*e, *ids, &ti));
+        QS_RETURN_IF_ERROR(to_tensor(*e, *positions, &tp));
+        QS_RETURN_IF_ERROR(to_tensor(*e, *valid, &tv));
+        QS_RETURN_IF_ERROR(to_tensor(*e, *rows, &tr));
+        QS_RETURN_IF_ERROR(s.step->think_decode(ti, tp, tv, tr, seed, &l, &b, &th));
+        QS_RETURN_IF_ERROR(download_float(*e, l, "logits", logits.get()));
+        QS_RETURN_IF_ERROR(download_float(*e, b, "base logits", base.get()));
+        return download_i32(*e, th, thoughts.get());
+      },
+      [logits, base, thoughts](Napi::Env env) -> Napi::Value {
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("logits", float_array(env, *logits));
+        o.Set("baseLogits", float_array(env, *base));
+        o.Set("thoughts", int32_array(env, *thoughts));
         return o;
       });
 }

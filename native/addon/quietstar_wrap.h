@@ -44,6 +44,9 @@ class QuietStarWrap : public Napi::ObjectWrap<QuietStarWrap> {
   Napi::Value ForwardBackward(const Napi::CallbackInfo& info);
   Napi::Value Step(const Napi::CallbackInfo& info);
   Napi::Value DebugTensor(const Napi::CallbackInfo& info);
+  Napi::Value TalkLogits(const Napi::CallbackInfo& info);
+  Napi::Value ThinkResetCache(const Napi::CallbackInfo& info);
+  Napi::Value ThinkDecode(const Napi::CallbackInfo& info);
   Napi::Value GetDisposed(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   void check(Napi::Env env);

@@ -62,6 +62,43 @@ struct InferBuffers {
   float* lse = nullptr;                  // (N)
 };
 
+// A KV cache: per layer K and V (B, max, Hkv, hd) in the params' dtype, in one allocation, with
+// each slot's position and validity. Attention reads all `max` slots of a row; a slot is
+// attended iff valid (slots not yet written, or rewound, are 0), so rewinding is `len = n` plus
+// clearing the dropped slots' valid flags (kv_rewind).
+struct KvCache {
+  Tensor mem;
+  int B = 0, max = 0, len = 0;
+  std::vector<int32_t> pos;    // (B, max)
+  std::vector<uint8_t> valid;  // (B, max)
+  std::vector<char*> k, v;     // per layer
+};
+
+// (Re)allocates `kv` for B rows of max_len slots (grows only), empty. Errors name `what`.
+template <typename T>
+Status kv_reset(Engine& engine, const ModelConfig& c, KvCache& kv, int B, int max_len, const char* what);
+// Drops the slots [len, kv.len) of every row.
+void kv_rewind(KvCache& kv, int len);
+
+// The inference buffers' carving for B·T rows (model_run.cpp).
+template <typename T>
+void carve_infer(Carver& cv, const ModelConfig& c, int B, int T_, InferBuffers<T>& b);
+
+// Cached decoding of n new slots per row, the per-layer loop shared by Model::decode and
+// QuietStar::think_decode: ib.x0 (B·n, D) holds the input embeddings (positional included);
+// pos, valid (B·n) the new slots' positions and validity (valid null = all valid). Appends the
+// slots' K/V to `kv` (room checked by the caller) and returns the last layer's residual
+// stream (B·n, D) (ib.x0 or ib.x1).
+template <typename T>
+const T* kv_decode_layers(const ModelConfig& c, const cpu::ModelWeights<T>& w, InferBuffers<T>& ib, KvCache& kv,
+                          const int32_t* pos, const uint8_t* valid, int n);
+
+// Logits (B, V) of each row's last position of x (B, T, D): only those rows go through the
+// final norm and the head. Leaves the normed rows in ib.hf (B, D).
+template <typename T>
+void last_logits(const ModelConfig& c, const cpu::ModelWeights<T>& w, InferBuffers<T>& ib, const T* x, int B, int T_,
+                 T* out);
+
 struct Model::Impl {
   Engine* engine = nullptr;
 
@@ -81,11 +118,7 @@ struct Model::Impl {
   InferBuffers<double> inf_d;
 
   // ---- KV cache ----
-  Tensor cache_mem;
-  int cache_B = 0, cache_max = 0, cache_len = 0;
-  std::vector<int32_t> cache_pos;  // (B, max) position of each slot
-  std::vector<uint8_t> cache_valid;  // (B, max) 1 = attended; slots not yet written are 0
-  std::vector<char*> cache_k, cache_v;  // per layer: (B, max, Hkv, hd) in the params' dtype
+  KvCache cache;
 
   template <typename B_> TrainBuffers<B_>& train();
   template <typename B_> InferBuffers<B_>& infer();

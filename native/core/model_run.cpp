@@ -6,6 +6,7 @@
 // the current allocation re-carves it (no allocation, no zeroing); a larger one reallocates once.
 // Training keeps every layer's activations (what backward reads); inference keeps one layer's,
 // reused by all layers.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -67,31 +68,6 @@ void carve_train(Carver& cv, const ModelConfig& c, int B, int T_, TrainBuffers<T
   s.dact = cv.take<T>(N * F);
 }
 
-template <typename T>
-void carve_infer(Carver& cv, const ModelConfig& c, int B, int T_, InferBuffers<T>& b) {
-  const int64_t N = (int64_t)B * T_, D = c.d_model;
-  b.x0 = cv.take<T>(N * D);
-  b.x1 = cv.take<T>(N * D);
-  carve_layer(cv, c, B, T_, b.a, false);
-  b.hf = cv.take<T>(N * D);
-  b.mean = cv.take<T>(N);
-  b.rstd = cv.take<T>(N);
-  b.last = cv.take<T>((int64_t)B * D);
-  b.lse = cv.take<float>(N);
-}
-
-// Logits (B, V) of each row's last position of x (B, T, D): only those rows go through the
-// final norm and the head.
-template <typename T>
-void last_logits(const ModelConfig& c, const cpu::ModelWeights<T>& w, InferBuffers<T>& ib, const T* x, int B, int T_,
-                 T* out) {
-  const int D = c.d_model;
-  for (int b = 0; b < B; b++)
-    std::memcpy(ib.last + (int64_t)b * D, x + ((int64_t)b * T_ + T_ - 1) * D, sizeof(T) * (size_t)D);
-  cpu::final_norm_forward(c, w, ib.hf, ib.mean, ib.rstd, ib.last, B);
-  cpu::head_logits(c, w, out, ib.hf, B);
-}
-
 // pos (B·T) = 0..T-1 in every row
 void fill_positions(std::vector<int32_t>& pos, int B, int T_) {
   pos.resize((size_t)B * T_);
@@ -107,6 +83,36 @@ Status require_cpu(Engine& e, const char* what) {
 }
 
 }  // namespace
+
+template <typename T>
+void carve_infer(Carver& cv, const ModelConfig& c, int B, int T_, InferBuffers<T>& b) {
+  const int64_t N = (int64_t)B * T_, D = c.d_model;
+  b.x0 = cv.take<T>(N * D);
+  b.x1 = cv.take<T>(N * D);
+  carve_layer(cv, c, B, T_, b.a, false);
+  b.hf = cv.take<T>(N * D);
+  b.mean = cv.take<T>(N);
+  b.rstd = cv.take<T>(N);
+  b.last = cv.take<T>((int64_t)B * D);
+  b.lse = cv.take<float>(N);
+}
+
+template <typename T>
+void last_logits(const ModelConfig& c, const cpu::ModelWeights<T>& w, InferBuffers<T>& ib, const T* x, int B, int T_,
+                 T* out) {
+  const int D = c.d_model;
+  for (int b = 0; b < B; b++)
+    std::memcpy(ib.last + (int64_t)b * D, x + ((int64_t)b * T_ + T_ - 1) * D, sizeof(T) * (size_t)D);
+  cpu::final_norm_forward(c, w, ib.hf, ib.mean, ib.rstd, ib.last, B);
+  cpu::head_logits(c, w, out, ib.hf, B);
+}
+
+template void carve_infer<float>(Carver&, const ModelConfig&, int, int, InferBuffers<float>&);
+template void carve_infer<double>(Carver&, const ModelConfig&, int, int, InferBuffers<double>&);
+template void last_logits<float>(const ModelConfig&, const cpu::ModelWeights<float>&, InferBuffers<float>&, const float*,
+                                 int, int, float*);
+template void last_logits<double>(const ModelConfig&, const cpu::ModelWeights<double>&, InferBuffers<double>&,
+                                  const double*, int, int, double*);
 
 Status Model::Impl::ensure(Tensor& mem, size_t bytes) {
   if (bytes == 0) bytes = 64;
@@ -263,78 +269,58 @@ Status Model::Impl::logits(const ModelConfig& c, ParamSet& p, const Tensor& ids_
 // KV cache
 
 template <typename T>
-Status Model::Impl::reset_cache(const ModelConfig& c, int B_, int max_len) {
-  QS_RETURN_IF_ERROR(require_cpu(*engine, "Model.resetCache"));
-  QS_CHECK_ARG(B_ >= 1, "Model.resetCache: B must be >= 1 (got %d)", B_);
-  QS_CHECK_ARG(max_len >= 1, "Model.resetCache: maxLen must be >= 1 (got %d)", max_len);
-  QS_CHECK_ARG((int64_t)B_ * max_len <= ((int64_t)1 << 28), "Model.resetCache: B x maxLen = %lld slots is too many",
+Status kv_reset(Engine& engine, const ModelConfig& c, KvCache& kv, int B_, int max_len, const char* what) {
+  QS_CHECK_ARG(B_ >= 1, "%s: B must be >= 1 (got %d)", what, B_);
+  QS_CHECK_ARG(max_len >= 1, "%s: maxLen must be >= 1 (got %d)", what, max_len);
+  QS_CHECK_ARG((int64_t)B_ * max_len <= ((int64_t)1 << 28), "%s: B x maxLen = %lld slots is too many", what,
                (long long)B_ * max_len);
   const int64_t per = (int64_t)B_ * max_len * c.n_kv_heads * c.head_dim;  // elements per layer, K or V
   Carver measure;
   for (int l = 0; l < 2 * c.n_layers; l++) measure.take<T>(per);
-  QS_RETURN_IF_ERROR(ensure(cache_mem, measure.used));
-  Carver cv{static_cast<char*>(cache_mem.raw())};
-  cache_k.assign(c.n_layers, nullptr);
-  cache_v.assign(c.n_layers, nullptr);
-  for (int l = 0; l < c.n_layers; l++) {
-    cache_k[l] = reinterpret_cast<char*>(cv.take<T>(per));
-    cache_v[l] = reinterpret_cast<char*>(cv.take<T>(per));
+  if (!kv.mem.defined() || kv.mem.nbytes() < measure.used) {
+    kv.mem = Tensor();  // free the old block before asking for the new one
+    QS_RETURN_IF_ERROR(engine.empty(DType::U8, {(int64_t)std::max<size_t>(measure.used, 64)}, &kv.mem));
   }
-  cache_B = B_, cache_max = max_len, cache_len = 0;
-  cache_pos.assign((size_t)B_ * max_len, 0);
-  cache_valid.assign((size_t)B_ * max_len, 0);  // stale K/V of an earlier sequence are never attended
+  Carver cv{static_cast<char*>(kv.mem.raw())};
+  kv.k.assign(c.n_layers, nullptr);
+  kv.v.assign(c.n_layers, nullptr);
+  for (int l = 0; l < c.n_layers; l++) {
+    kv.k[l] = reinterpret_cast<char*>(cv.take<T>(per));
+    kv.v[l] = reinterpret_cast<char*>(cv.take<T>(per));
+  }
+  kv.B = B_, kv.max = max_len, kv.len = 0;
+  kv.pos.assign((size_t)B_ * max_len, 0);
+  kv.valid.assign((size_t)B_ * max_len, 0);  // stale K/V of an earlier sequence are never attended
   return Status::Ok();
+}
+template Status kv_reset<float>(Engine&, const ModelConfig&, KvCache&, int, int, const char*);
+template Status kv_reset<double>(Engine&, const ModelConfig&, KvCache&, int, int, const char*);
+
+void kv_rewind(KvCache& kv, int len) {
+  for (int b = 0; b < kv.B; b++)
+    for (int s = len; s < kv.len; s++) kv.valid[(size_t)b * kv.max + s] = 0;
+  kv.len = len;
 }
 
 template <typename T>
-Status Model::Impl::decode(const ModelConfig& c, ParamSet& p, const Tensor& ids_t, const Tensor& pos_t, const Tensor& valid_t,
-                           Tensor* out_t) {
-  const char* what = "Model.decode";
-  QS_RETURN_IF_ERROR(require_cpu(*engine, what));
-  QS_CHECK_ARG(cache_B > 0, "%s: no KV cache (call resetCache(B, maxLen) first)", what);
-  QS_CHECK_ARG(ids_t.defined() && ids_t.rank() == 2, "%s: 'ids' must have shape [B, n] (got %s)", what,
-               ids_t.defined() ? ids_t.describe().c_str() : "nothing");
-  const int B_ = cache_B, n = (int)ids_t.dim(1);
-  QS_CHECK_ARG(ids_t.dim(0) == B_, "%s: 'ids' has %lld rows but the cache was reset for B = %d", what,
-               (long long)ids_t.dim(0), B_);
-  QS_CHECK_ARG(n >= 1, "%s: 'ids' must hold at least one slot per row (got %s)", what, ids_t.describe().c_str());
-  QS_CHECK_ARG(cache_len + n <= cache_max, "%s: the cache is full: %d slots used + %d new > maxLen %d", what, cache_len, n,
-               cache_max);
-  QS_RETURN_IF_ERROR(check_tokens(what, "ids", ids_t, B_, n, 0, c.vocab_size, false, "config.vocabSize"));
-  QS_RETURN_IF_ERROR(check_tokens(what, "positions", pos_t, B_, n, 0, c.max_seq_len, false, "config.maxSeqLen"));
-  if (valid_t.defined()) {
-    QS_CHECK_ARG(valid_t.dtype() == DType::U8 && valid_t.device() == Device::CPU && valid_t.rank() == 2 &&
-                     valid_t.dim(0) == B_ && valid_t.dim(1) == n,
-                 "%s: 'valid' must be a u8 tensor of shape [%d, %d] (got %s)", what, B_, n, valid_t.describe().c_str());
-  }
-  const int N = B_ * n, KV = c.n_kv_heads * c.head_dim;
-  Tensor out;
-  QS_RETURN_IF_ERROR(engine->empty(p.params().dtype(), {B_, c.vocab_size}, &out));
-
-  InferBuffers<T>& ib = infer<T>();
-  QS_RETURN_IF_ERROR(carve_into(infer_mem, [&](Carver& cv) { carve_infer(cv, c, B_, n, ib); }));
-
-  const int32_t* ids_p = ids_t.data<int32_t>();
-  const int32_t* pos_p = pos_t.data<int32_t>();
-  const uint8_t* valid_p = valid_t.defined() ? valid_t.data<uint8_t>() : nullptr;
+const T* kv_decode_layers(const ModelConfig& c, const cpu::ModelWeights<T>& w, InferBuffers<T>& ib, KvCache& kv,
+                          const int32_t* pos_p, const uint8_t* valid_p, int n) {
+  const int B_ = kv.B, N = B_ * n, KV = c.n_kv_heads * c.head_dim;
   for (int b = 0; b < B_; b++)
     for (int i = 0; i < n; i++) {
-      size_t slot = (size_t)b * cache_max + cache_len + i;
-      cache_pos[slot] = pos_p[b * n + i];
-      cache_valid[slot] = valid_p ? (valid_p[b * n + i] != 0) : 1;
+      size_t slot = (size_t)b * kv.max + kv.len + i;
+      kv.pos[slot] = pos_p[b * n + i];
+      kv.valid[slot] = valid_p ? (valid_p[b * n + i] != 0) : 1;
     }
-
-  const cpu::ModelWeights<T> w = cpu::bind_weights<T>(c, p.layout(), p.params().data<T>());
-  cpu::embed_forward(c, w, ib.x0, ids_p, pos_p, N);
   // Keys: every slot of the cache (B, max, Hkv, hd); slots not yet written have valid = 0.
-  cpu::AttnPattern pat{B_, n, cache_max, pos_p, cache_pos.data(), cache_valid.data(), c.sliding_window};
+  cpu::AttnPattern pat{B_, n, kv.max, pos_p, kv.pos.data(), kv.valid.data(), c.sliding_window};
   T* x = ib.x0;
   for (int l = 0; l < c.n_layers; l++) {
     cpu::block_qkv_forward(c, w.layers[l], ib.a, x, pos_p, N);
-    T* K = reinterpret_cast<T*>(cache_k[l]);
-    T* V = reinterpret_cast<T*>(cache_v[l]);
+    T* K = reinterpret_cast<T*>(kv.k[l]);
+    T* V = reinterpret_cast<T*>(kv.v[l]);
     for (int b = 0; b < B_; b++) {  // append the new keys and values
-      size_t dst = ((size_t)b * cache_max + cache_len) * KV, src = (size_t)b * n * KV;
+      size_t dst = ((size_t)b * kv.max + kv.len) * KV, src = (size_t)b * n * KV;
       std::memcpy(K + dst, ib.a.k + src, sizeof(T) * (size_t)n * KV);
       std::memcpy(V + dst, ib.a.v + src, sizeof(T) * (size_t)n * KV);
     }
@@ -343,7 +329,51 @@ Status Model::Impl::decode(const ModelConfig& c, ParamSet& p, const Tensor& ids_
     cpu::block_out_forward(c, w.layers[l], ib.a, x, N);
     x = ib.a.out;
   }
-  cache_len += n;
+  kv.len += n;
+  return x;
+}
+template const float* kv_decode_layers<float>(const ModelConfig&, const cpu::ModelWeights<float>&, InferBuffers<float>&,
+                                               KvCache&, const int32_t*, const uint8_t*, int);
+template const double* kv_decode_layers<double>(const ModelConfig&, const cpu::ModelWeights<double>&,
+                                                InferBuffers<double>&, KvCache&, const int32_t*, const uint8_t*, int);
+
+template <typename T>
+Status Model::Impl::reset_cache(const ModelConfig& c, int B_, int max_len) {
+  QS_RETURN_IF_ERROR(require_cpu(*engine, "Model.resetCache"));
+  return kv_reset<T>(*engine, c, cache, B_, max_len, "Model.resetCache");
+}
+
+template <typename T>
+Status Model::Impl::decode(const ModelConfig& c, ParamSet& p, const Tensor& ids_t, const Tensor& pos_t, const Tensor& valid_t,
+                           Tensor* out_t) {
+  const char* what = "Model.decode";
+  QS_RETURN_IF_ERROR(require_cpu(*engine, what));
+  QS_CHECK_ARG(cache.B > 0, "%s: no KV cache (call resetCache(B, maxLen) first)", what);
+  QS_CHECK_ARG(ids_t.defined() && ids_t.rank() == 2, "%s: 'ids' must have shape [B, n] (got %s)", what,
+               ids_t.defined() ? ids_t.describe().c_str() : "nothing");
+  const int B_ = cache.B, n = (int)ids_t.dim(1);
+  QS_CHECK_ARG(ids_t.dim(0) == B_, "%s: 'ids' has %lld rows but the cache was reset for B = %d", what,
+               (long long)ids_t.dim(0), B_);
+  QS_CHECK_ARG(n >= 1, "%s: 'ids' must hold at least one slot per row (got %s)", what, ids_t.describe().c_str());
+  QS_CHECK_ARG(cache.len + n <= cache.max, "%s: the cache is full: %d slots used + %d new > maxLen %d", what, cache.len, n,
+               cache.max);
+  QS_RETURN_IF_ERROR(check_tokens(what, "ids", ids_t, B_, n, 0, c.vocab_size, false, "config.vocabSize"));
+  QS_RETURN_IF_ERROR(check_tokens(what, "positions", pos_t, B_, n, 0, c.max_seq_len, false, "config.maxSeqLen"));
+  if (valid_t.defined()) {
+    QS_CHECK_ARG(valid_t.dtype() == DType::U8 && valid_t.device() == Device::CPU && valid_t.rank() == 2 &&
+                     valid_t.dim(0) == B_ && valid_t.dim(1) == n,
+                 "%s: 'valid' must be a u8 tensor of shape [%d, %d] (got %s)", what, B_, n, valid_t.describe().c_str());
+  }
+  const int N = B_ * n;
+  Tensor out;
+  QS_RETURN_IF_ERROR(engine->empty(p.params().dtype(), {B_, c.vocab_size}, &out));
+
+  InferBuffers<T>& ib = infer<T>();
+  QS_RETURN_IF_ERROR(carve_into(infer_mem, [&](Carver& cv) { carve_infer(cv, c, B_, n, ib); }));
+  const int32_t* pos_p = pos_t.data<int32_t>();
+  const cpu::ModelWeights<T> w = cpu::bind_weights<T>(c, p.layout(), p.params().data<T>());
+  cpu::embed_forward(c, w, ib.x0, ids_t.data<int32_t>(), pos_p, N);
+  const T* x = kv_decode_layers<T>(c, w, ib, cache, pos_p, valid_t.defined() ? valid_t.data<uint8_t>() : nullptr, n);
   last_logits(c, w, ib, x, B_, n, out.data<T>());
   *out_t = out;
   return Status::Ok();
@@ -390,11 +420,11 @@ Status Model::last_hidden(Tensor* out) const {
 
 void Model::set_logits_budget(int64_t bytes) { impl_->logits_budget = bytes; }
 
-int Model::cache_length() const { return impl_->cache_len; }
+int Model::cache_length() const { return impl_->cache.len; }
 
 int64_t Model::activation_bytes() const {
   int64_t n = 0;
-  for (const Tensor* t : {&impl_->train_mem, &impl_->infer_mem, &impl_->cache_mem})
+  for (const Tensor* t : {&impl_->train_mem, &impl_->infer_mem, &impl_->cache.mem})
     if (t->defined()) n += (int64_t)t->nbytes();
   return n;
 }

@@ -1,6 +1,7 @@
 // quietstar_impl.h: QuietStar's private state (quietstar.cpp: options, names, creation,
 // initialisation, metrics and debug tensors; quietstar_sample.cpp: phase 1, thought sampling;
-// quietstar_train.cpp: phase 2, the packed differentiable pass). Not part of the public API.
+// quietstar_train.cpp: phase 2, the packed differentiable pass; quietstar_infer.cpp: thinking
+// at inference and the talk logits). Not part of the public API.
 //
 // Row layouts (row-major, every activation (rows, ·)):
 //   packed pass   rows [0, B·T) base tokens (b, i); rows B·T + (r·S + s - 1)·T + i the chain
@@ -109,8 +110,16 @@ struct QuietStar::Impl {
   std::vector<double> pol_logp;            // (R, M, T) log-probs computed (0 elsewhere)
   QuietStarMetrics metrics;
 
+  // ---- thinking at inference (quietstar_infer.cpp) ----
+  KvCache think_kv;                        // B × (max_len + think length) slots
+  int think_text_max = 0;                  // text slots (max_len of think_reset)
+  Tensor think_mem;                        // InferBuffers for B·n rows
+  InferBuffers<float> thf;
+  InferBuffers<double> thd;
+
   template <typename B_> SampleBuffers<B_>& sample();
   template <typename B_> TrainBuffers2<B_>& train();
+  template <typename B_> InferBuffers<B_>& think();
   Status ensure(Tensor& mem, size_t bytes);
 
   template <typename T>
@@ -122,12 +131,20 @@ struct QuietStar::Impl {
                           double loss_scale, QuietStarMetrics* metrics);
   template <typename T>
   Status debug(const std::string& name, DType dt, Tensor* out);
+  template <typename T>
+  Status talk_logits(const ModelConfig& c, ParamSet& p, const Tensor& at, Tensor* mixed, Tensor* base);
+  template <typename T>
+  Status think_decode(const ModelConfig& c, const QuietStarOptions& o, ParamSet& p, const Tensor& ids,
+                      const Tensor& positions, const Tensor& valid, const Tensor& row_ids, uint64_t seed, Tensor* logits,
+                      Tensor* base_logits, Tensor* thoughts);
 };
 
 template <> inline SampleBuffers<float>& QuietStar::Impl::sample<float>() { return sf; }
 template <> inline SampleBuffers<double>& QuietStar::Impl::sample<double>() { return sd; }
 template <> inline TrainBuffers2<float>& QuietStar::Impl::train<float>() { return tf; }
 template <> inline TrainBuffers2<double>& QuietStar::Impl::train<double>() { return td; }
+template <> inline InferBuffers<float>& QuietStar::Impl::think<float>() { return thf; }
+template <> inline InferBuffers<double>& QuietStar::Impl::think<double>() { return thd; }
 
 // The extra parameters bound to their roles in a flat buffer (params or grads).
 template <typename T>

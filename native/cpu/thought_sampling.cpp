@@ -5,7 +5,8 @@
  * Rows of h are taken in blocks of up to kRowBlock = 256 and the vocabulary in chunks of
  * `chunk` columns (chunk <= 0 means 4096; chunk > V means V). For each (row block, chunk):
  *
- *   Z = h_blk · W_chunkᵀ                       (rows, chunk)  one gemm (parallel by itself)
+ *   Z = h_blk · W_chunkᵀ                       (rows, chunk)  one gemm (parallel by itself), or
+ *                                              matmul_small for <= kSmallRows rows (decoding)
  *   per row (rows in parallel, each row's chunks in order):
  *     suppressed ids -> -inf                   never drawn, in no normaliser
  *     m' = max(m, max Z) (first index kept: the greedy answer)
@@ -57,6 +58,7 @@
 
 #include "cpu/gemm.h"
 #include "cpu/isa.h"
+#include "cpu/matmul_small.h"
 #include "cpu/sampling.h"
 #include "cpu/vec_math.h"
 #include "quietstar/rng.h"
@@ -381,7 +383,9 @@ void thought_sample(int32_t* tokens, float* logp, float* lse, const T* h, const 
     for (int v0 = 0; v0 < V; v0 += nchunk) {
       const int nc = std::min(nchunk, V - v0);
       // Z (rb, nc) = h_blk (rb, D) · W[v0 : v0 + nc]ᵀ
-      if (D > 0) {
+      if (D > 0 && rb <= kSmallRows) {  // thinking decode: a few rows; gemm would pack W each call
+        matmul_small<T>(Z, nc, hp, D, W + (int64_t)v0 * D, D, true, rb, D, nc, false);
+      } else if (D > 0) {
         gemm<T>(false, true, rb, nc, D, T(1), hp, D, W + (int64_t)v0 * D, D, T(0), Z, nc);
       } else {
         std::fill(Z, Z + (int64_t)rb * nc, T(0));

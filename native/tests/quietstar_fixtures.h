@@ -1,5 +1,5 @@
 // quietstar_fixtures.h: the tiny models and tensor helpers shared by the Quiet-STaR oracle tests
-// (test_quietstar.cpp, test_quietstar_inference.cpp).
+// (test_quietstar.cpp, test_quietstar_inference.cpp, test_quietstar_think.cpp).
 //
 // Vocabulary: text ids in [0, 50), the two thought markers last (spec §2.3: appended to the
 // vocabulary), so excluding them from a softmax is "the first 50 rows of the LM head".
@@ -8,6 +8,7 @@
 #include <cstring>
 #include <vector>
 
+#include "harness.h"
 #include "quietstar/engine.h"
 #include "quietstar/model.h"
 
@@ -53,6 +54,28 @@ inline std::vector<double> doubles(const qs::Tensor& t) {
   std::vector<double> v(t.numel());
   for (int64_t i = 0; i < t.numel(); i++) v[i] = t.dtype() == qs::DType::F64 ? t.data<double>()[i] : (double)t.data<float>()[i];
   return v;
+}
+
+// B documents of T random text ids (< 50); document 0 is right-padded by `pad` slots
+// (valid 0, id 0, label -100). Labels are the ids (the step shifts them).
+struct PaddedBatch {
+  std::vector<int32_t> ids, labels;  // (B, T)
+  std::vector<uint8_t> valid;        // (B, T)
+  std::vector<int> len;              // (B) valid tokens per document
+};
+inline PaddedBatch padded_batch(Rng& rng, int B, int T, int pad) {
+  PaddedBatch p;
+  p.ids.resize((size_t)B * T), p.labels.resize((size_t)B * T), p.valid.resize((size_t)B * T), p.len.resize(B);
+  for (int d = 0; d < B; d++) {
+    p.len[d] = T - (d == 0 ? pad : 0);
+    for (int i = 0; i < T; i++) {
+      const size_t n = (size_t)d * T + i;
+      p.valid[n] = i < p.len[d];
+      p.ids[n] = p.valid[n] ? rng.below(50) : 0;
+      p.labels[n] = p.valid[n] ? p.ids[n] : -100;
+    }
+  }
+  return p;
 }
 
 }  // namespace qs_test

@@ -144,18 +144,12 @@ static void check_inference(const ModelConfig& c, int N, int T, int pad, uint64_
   };
 
   // The batch and the injected thoughts.
-  std::vector<int32_t> ids((size_t)B * T), labels((size_t)B * T), th((size_t)B * T * M);
-  std::vector<uint8_t> valid((size_t)B * T);
-  std::vector<int> len(B);
-  for (int d = 0; d < B; d++) {
-    len[d] = T - (d == 0 ? pad : 0);
-    for (int i = 0; i < T; i++) {
-      const size_t n = (size_t)d * T + i;
-      valid[n] = i < len[d];
-      ids[n] = valid[n] ? rng.below(50) : 0;
-      labels[n] = valid[n] ? ids[n] : -100;
-    }
-  }
+  PaddedBatch batch = padded_batch(rng, B, T, pad);
+  std::vector<int32_t>& ids = batch.ids;
+  std::vector<int32_t>& labels = batch.labels;
+  std::vector<uint8_t>& valid = batch.valid;
+  std::vector<int>& len = batch.len;
+  std::vector<int32_t> th((size_t)B * T * M);
   for (auto& x : th) x = rng.below(50);
 
   // The full-sequence eval forward.

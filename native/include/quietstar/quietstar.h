@@ -115,6 +115,33 @@ class QuietStar {
   //   "policy_logp" (R,N-3,T)
   Status debug_tensor(const std::string& name, Tensor* out) const;
 
+  // After forward_backward (any P, A): the logits of talk step k = 0 at chosen (row r, position
+  // i < T - 1), i.e. the mixed prediction of x_{i+1} (mixed) and the base prediction (base),
+  // each (K, V) in the params' dtype, every id included (nothing masked). at (K, 2) int32 rows
+  // (r, i), r < B·P. Only the K chosen rows go through the LM head.
+  Status talk_logits(const Tensor& at, Tensor* mixed, Tensor* base);
+
+  // ---- thinking at inference (spec §5; quietstar_infer.cpp) -------------------------------
+  // A private KV cache (not the Model's) of B rows × (max_len + think_length()) slots: max_len
+  // text slots and room for one thought branch. Empty after the call.
+  Status think_reset(int B, int max_len);
+  // Appends ids (B, n) at positions (B, n) (valid (B, n) u8 or undefined = all valid) to the
+  // text cache, then for every row b forks a thought branch on top of it, t = positions[b, n-1]:
+  // <start> at t + 1, t_1..t_{N-3} at t + 2.. (sampled as sample_thoughts samples them: markers
+  // suppressed, thought_temperature, noise keyed (seed, row_ids[b], step s, position t), so a
+  // P = 1 QuietStar draws the same thoughts at row r = row_ids[b], position t of the same
+  // text), <end> at t + N - 1; mixes the end token's hidden state with the text's at t (the
+  // mixing head and options of training), and rewinds the cache to the text.
+  //   logits (B, V) mixed, the markers' entries -inf; base_logits (B, V) (may be null) the
+  //   plain next-token logits (markers kept); thoughts (B, N - 3) int32 (may be null).
+  //   row_ids (B) int32 or undefined (= b). nAhead = 1: no thought, mixed = base.
+  Status think_decode(const Tensor& ids, const Tensor& positions, const Tensor& valid, const Tensor& row_ids,
+                      uint64_t seed, Tensor* logits, Tensor* base_logits, Tensor* thoughts);
+  // Slots one thought branch takes: nAhead - 1 (0 when nAhead = 1).
+  int think_length() const { return options_.n_ahead == 1 ? 0 : options_.n_ahead - 1; }
+  // Text slots in the thinking cache (0 after think_reset).
+  int think_cache_length() const;
+
   // ---- tuning and test hooks (added by the implementation) -------------------------------
   // Bytes the fused LM heads may keep from forward to backward (their unit gradients) instead
   // of recomputing the logits in backward; speed only. Default 256 MiB.
