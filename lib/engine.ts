@@ -172,7 +172,12 @@ export class Engine {
     return new Parameters(this, native);
   }
 
-  /** Host and device bytes held by this engine's tensors and buffers. */
+  /**
+   * Host and device bytes held by this engine's tensors and buffers. On CUDA, `deviceBytes` is
+   * what tensors hold and `deviceReservedBytes` what the engine holds from the GPU, including
+   * freed blocks cached for reuse. When the GPU runs out, the cache is given back and the
+   * allocation retried once before `OUT_OF_MEMORY`.
+   */
   memory(): MemoryInfo {
     return { device: this.device, ...this.native.memory() };
   }

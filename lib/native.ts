@@ -37,6 +37,18 @@ export interface NativeMemory {
   deviceBuffers?: number;
   deviceFreeBytes?: number;
   deviceTotalBytes?: number;
+  // CUDA engines only: freed device blocks stay cached for reuse instead of going back to the
+  // device (cudaFree synchronises the whole GPU), as in PyTorch's caching allocator.
+  /** Bytes held from the device: tensors' blocks (rounded up to 512 B) plus the cache. */
+  deviceReservedBytes?: number;
+  /** The most `deviceReservedBytes` has been. */
+  deviceReservedPeakBytes?: number;
+  /** The free part of `deviceReservedBytes`, reused by the next allocations that fit. */
+  deviceCachedBytes?: number;
+  /** Device allocations (cudaMalloc) made so far. */
+  deviceAllocations?: number;
+  /** Allocations served from the cache without touching the device. */
+  deviceCacheHits?: number;
 }
 
 export interface NativeParamEntry {
@@ -96,7 +108,7 @@ export type NativeQuietStarMetrics = QuietStarStepMetrics;
 export interface NativeQuietStar {
   readonly disposed: boolean;
   initParameters(initTokenId: number, seed: number): Promise<void>;
-  sampleThoughts(ids: Int32Array, valid: Uint8Array | undefined, B: number, T: number, seed: number): Promise<Int32Array>;
+  sampleThoughts(ids: Int32Array, valid: Uint8Array | undefined, B: number, T: number, seed: number, rowIds?: Int32Array): Promise<Int32Array>;
   forwardBackward(
     ids: Int32Array,
     valid: Uint8Array | undefined,

@@ -49,7 +49,7 @@ test('paper metric: base = the plain model, thinking = the thinking decode at ev
   t.is(r.examples, 3);
   t.is(r.exactMatch, undefined);
   for (const [b, ex] of EXAMPLES.entries()) {
-    const row = b % 2; // the example's row in its batch of 2: its thoughts are keyed by it
+    const row = b; // the example's index: its thoughts are keyed by it, whatever the batch
     const prompt = qs.tokenizer.encode(ex.prompt, { addSpecialTokens: true });
     const full = qs.tokenizer.encode(ex.prompt + task.answerText(ex.answer), { addSpecialTokens: true });
     const gold = full.slice(prompt.length);
@@ -74,9 +74,11 @@ test('paper metric: base = the plain model, thinking = the thinking decode at ev
   const mean = (k: 'withThinking' | 'withoutThinking'): number => r.perExample.reduce((s, x) => s + x.paperMetric[k], 0) / 3;
   t.is(r.paperMetric.withThinking, mean('withThinking'));
   t.is(r.paperMetric.withoutThinking, mean('withoutThinking'));
-  // The base path does not depend on the batching.
+  // Neither figure depends on the batching (thoughts are keyed by example index).
   const one = await evaluateAnswers(qs, task, EXAMPLES, { batchSize: 1, seed, exactMatch: false });
-  assertClose(t, one.perExample.map((x) => x.paperMetric.withoutThinking), r.perExample.map((x) => x.paperMetric.withoutThinking), { rtol: 1e-9, atol: 1e-12, label: 'batch 1 vs 2' });
+  for (const k of ['withoutThinking', 'withThinking'] as const) {
+    assertClose(t, one.perExample.map((x) => x.paperMetric[k]), r.perExample.map((x) => x.paperMetric[k]), { rtol: 1e-9, atol: 1e-12, label: `${k}: batch 1 vs 2` });
+  }
 });
 
 test('exact match: greedy generation with and without thinking, answers extracted; JSONL per example; progress', async (t) => {

@@ -173,3 +173,29 @@ test('nAhead = 1: thinkDecode gives the base logits, no thought', async (t) => {
   t.true(maxDiff(out.logits, out.baseLogits, V) === 0);
   t.is(out.logits[V], -Infinity);
 });
+
+test('row ids: a document draws the same thoughts and NLLs in any batch (evalForward, sampleThoughts)', async (t) => {
+  using engine = cpuEngine();
+  using qs = await thinkingModel(engine, OPTIONS);
+  const tok = qs.tokenizer;
+  // Document "abc" as row 1 of a batch with row ids [5, 9], and alone with row id 9.
+  const pair = batchOf(tok, TEXTS);
+  const alone = batchOf(tok, [TEXTS[1]!]);
+  const M = OPTIONS.nAhead! - 3;
+  const inPair = await qs.evalForward(pair, SEED, Int32Array.from([5, 9]));
+  const byItself = await qs.evalForward(alone, SEED, Int32Array.from([9]));
+  t.deepEqual(Array.from(inPair.thoughts.subarray(T * M, 2 * T * M)), Array.from(byItself.thoughts));
+  for (let i = 0; i < T; i++) {
+    const a = inPair.thinkNll[T + i]!, b = byItself.thinkNll[i]!;
+    t.true(Number.isNaN(a) ? Number.isNaN(b) : Math.abs(a - b) <= 1e-12, `thinkNll at ${i}: ${a} vs ${b}`);
+  }
+  // Without row ids the same document, alone, is row 0: other draws (the key differs).
+  const asRow0 = await qs.evalForward(alone, SEED);
+  t.notDeepEqual(Array.from(asRow0.thoughts), Array.from(byItself.thoughts));
+  // The training sampler (nPasses 2): document b's rows are rowIds[b]·2 + p.
+  const th2 = await qs.sampleThoughts(pair, SEED, Int32Array.from([5, 9]));
+  const th1 = await qs.sampleThoughts(alone, SEED, Int32Array.from([9]));
+  t.deepEqual(Array.from(th2.subarray(2 * T * M)), Array.from(th1));
+  await rejectsWith(t, qs.evalForward(alone, SEED, Int32Array.from([-1])), 'INVALID_ARGUMENT', /rowIds\[0\] = -1/);
+  await rejectsWith(t, qs.sampleThoughts(pair, SEED, Int32Array.from([1])), 'INVALID_ARGUMENT', /rowIds/);
+});

@@ -26,7 +26,7 @@ export interface HardTokenOptions {
   seqLen?: number;
   /** Windows per forward pass. @defaultValue 8 */
   batchSize?: number;
-  /** Seed of the thoughts. @defaultValue 0 */
+  /** Seed of the thoughts, keyed by (seed, window index, position): results do not depend on batchSize. @defaultValue 0 */
   seed?: number;
   /** Evaluate the first `limit` windows only. @defaultValue all */
   limit?: number;
@@ -107,7 +107,9 @@ export async function hardTokenAnalysis(qs: QuietStarModel, documents: ReadonlyA
   const think: number[] = [];
   for (let from = 0; from < all.length; from += batchSize) {
     const chunk = all.slice(from, from + batchSize);
-    const ev = await qs.evalForward(padBatch(chunk, padId(qs)), seed);
+    // Window k draws its thoughts as noise row k, whatever the batch size.
+    const rowIds = Int32Array.from(chunk, (_, j) => from + j);
+    const ev = await qs.evalForward(padBatch(chunk, padId(qs)), seed, rowIds);
     chunk.forEach((ids, b) => {
       const w: HardTokenWindow = { ids, baseNll: [], thinkNll: [] };
       for (let i = 0; i + 1 < ids.length; i++) {

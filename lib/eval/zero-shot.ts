@@ -36,8 +36,8 @@ export interface AnswerEvalOptions {
   /** Examples per forward pass / generation batch. @defaultValue 8 */
   batchSize?: number;
   /**
-   * Seed of the thoughts, keyed by (seed, row in the batch, position) as the training sampler keys them, and of
-   * the crop windows (keyed by seed and example index). @defaultValue 0
+   * Seed of the thoughts, keyed by (seed, example index, position) as the training sampler keys them (so results
+   * do not depend on batchSize), and of the crop windows (keyed by seed and example index). @defaultValue 0
    */
   seed?: number;
   /**
@@ -125,9 +125,9 @@ function scoredExample(qs: QuietStarModel, task: AnswerTask, ex: QaExample, k: n
 }
 
 /** Paper metric of every example of a batch, with and without thinking. */
-async function paperMetricBatch(qs: QuietStarModel, task: AnswerTask, items: Scored[], seed: number): Promise<WithWithout[]> {
+async function paperMetricBatch(qs: QuietStarModel, task: AnswerTask, items: Scored[], seed: number, rowIds: number[]): Promise<WithWithout[]> {
   const batch = padBatch(items.map((s) => s.seq), padId(qs));
-  await qs.evalForward(batch, seed);
+  await qs.evalForward(batch, seed, Int32Array.from(rowIds));
   const at: [number, number][] = [];
   items.forEach((s, b) => s.at.forEach((j) => at.push([b, j - 1])));
   const { mixed, base } = at.length ? await qs.evalLogits(at) : { mixed: [], base: [] };
@@ -143,11 +143,17 @@ async function paperMetricBatch(qs: QuietStarModel, task: AnswerTask, items: Sco
 }
 
 /** Greedy continuations of the prompts with and without thinking, as text. */
-async function greedyBatch(qs: QuietStarModel, prompts: number[][], maxNewTokens: number, seed: number): Promise<{ withThinking: string[]; withoutThinking: string[] }> {
+async function greedyBatch(
+  qs: QuietStarModel,
+  prompts: number[][],
+  maxNewTokens: number,
+  seed: number,
+  rowIds: number[],
+): Promise<{ withThinking: string[]; withoutThinking: string[] }> {
   const tok = qs.tokenizer;
   const stopTokens = [...new Set([...(tok.eosId === undefined ? [] : [tok.eosId]), newlineId(tok)])];
   const common = { maxNewTokens, temperature: 0, stopTokens };
-  const think = await generateWithThoughts(qs, prompts, { ...common, thoughtSeed: seed });
+  const think = await generateWithThoughts(qs, prompts, { ...common, thoughtSeed: seed, rowIds });
   const plain = await generate(qs.model, prompts, { ...common, suppressTokens: [qs.startId, qs.endId] });
   const text = (ids: number[][]): string[] => ids.map((x) => tok.decode(x, { skipSpecialTokens: true }));
   return { withThinking: text(think.ids), withoutThinking: text(plain.ids) };
@@ -181,7 +187,9 @@ export async function evaluateAnswers(qs: QuietStarModel, task: AnswerTask, exam
   for (let from = 0; from < list.length; from += batchSize) {
     const chunk = list.slice(from, from + batchSize);
     const items = chunk.map((ex, j) => scoredExample(qs, task, ex, from + j, maxLen, seed));
-    const metric = await paperMetricBatch(qs, task, items, seed);
+    // Example k draws its thoughts as noise row k: results do not depend on the batch size.
+    const rowIds = chunk.map((_, j) => from + j);
+    const metric = await paperMetricBatch(qs, task, items, seed, rowIds);
     const rows: AnswerExampleResult[] = chunk.map((ex, j) => ({
       id: ex.id,
       answer: ex.answer,
@@ -192,7 +200,7 @@ export async function evaluateAnswers(qs: QuietStarModel, task: AnswerTask, exam
     if (exact) {
       // Generation sees the prompt's last tokens when it is longer than the model can continue.
       const prompts = chunk.map((ex) => qs.tokenizer.encode(ex.prompt, { addSpecialTokens: true }).slice(-Math.min(maxLen, promptLimit)));
-      const gen = await greedyBatch(qs, prompts, maxNewTokens, seed);
+      const gen = await greedyBatch(qs, prompts, maxNewTokens, seed, rowIds);
       rows.forEach((r, j) => {
         const withThinking = gen.withThinking[j]!;
         const withoutThinking = gen.withoutThinking[j]!;

@@ -219,7 +219,7 @@ function checkArray(what: string, v: unknown, ctor: typeof Int32Array | typeof U
   if (v.length !== n) bad(`${what} has ${v.length} elements; B·T needs ${n}`);
 }
 
-function checkBatch(batch: QuietStarBatch, labels: boolean): void {
+function checkBatch(batch: Omit<QuietStarBatch, 'labels'> & { labels?: Int32Array }, labels: boolean): void {
   if (typeof batch !== 'object' || batch === null) bad('batch must be an object {ids, valid, labels, B, T}');
   const n = checkDim('batch.B', batch.B) * checkDim('batch.T', batch.T);
   checkArray('batch.ids', batch.ids, Int32Array, n);
@@ -580,12 +580,15 @@ export class QuietStarModel implements Disposable {
 
   /**
    * Phase 1 alone (no gradients): the sampled thought tokens, (B·nPasses, T, nAhead − 3)
-   * row-major, row r = b·nPasses + p. Draws are keyed by (seed, row, step, position): the same
-   * seed gives the same thoughts. Markers are never sampled.
+   * row-major, row r = b·nPasses + p. Draws are keyed by (seed, row, step, position) with
+   * row = rowIds[b]·nPasses + p (rowIds default: b): the same seed gives the same thoughts, and
+   * a document given the same row id draws the same thoughts in any batch. Markers are never
+   * sampled.
    */
-  async sampleThoughts(batch: QuietStarBatch, seed: number): Promise<Int32Array> {
+  async sampleThoughts(batch: Omit<QuietStarBatch, 'labels'> & { labels?: Int32Array }, seed: number, rowIds?: Int32Array): Promise<Int32Array> {
     checkBatch(batch, false);
-    return this.native.sampleThoughts(batch.ids, batch.valid, batch.B, batch.T, checkSeed(seed));
+    if (rowIds !== undefined) checkArray('rowIds', rowIds, Int32Array, batch.B);
+    return this.native.sampleThoughts(batch.ids, batch.valid, batch.B, batch.T, checkSeed(seed), rowIds);
   }
 
   /**
@@ -629,22 +632,25 @@ export class QuietStarModel implements Disposable {
    * Eval-mode forward without gradients (spec §4.1: one thought per position, nPasses 1,
    * nAheadTalk 1), on a second native step with those options over the same model, created by
    * the first call and disposed with the model. Thoughts are sampled with `seed` as
-   * {@link sampleThoughts} samples them (row r = b). Calls run one at a time.
+   * {@link sampleThoughts} samples them, document b with noise row rowIds[b] (default b): give
+   * each document a fixed id (e.g. its index in the dataset) to make results independent of
+   * batching. Calls run one at a time.
    */
-  async evalForward(batch: EvalBatch, seed: number): Promise<EvalForward> {
+  async evalForward(batch: EvalBatch, seed: number, rowIds?: Int32Array): Promise<EvalForward> {
     if (typeof batch !== 'object' || batch === null) bad('evalForward: batch must be an object {ids, valid?, B, T}');
     const B = checkDim('batch.B', batch.B);
     const T = checkDim('batch.T', batch.T);
     checkArray('batch.ids', batch.ids, Int32Array, B * T);
     if (batch.valid !== undefined) checkArray('batch.valid', batch.valid, Uint8Array, B * T);
     checkSeed(seed);
+    if (rowIds !== undefined) checkArray('rowIds', rowIds, Int32Array, B);
     const { ids, valid } = batch;
     return this.serialEval(async () => {
       const native = await this.evalStep();
       const labels = new Int32Array(B * T);
       for (let n = 0; n < B * T; n++) labels[n] = valid === undefined || valid[n] ? ids[n]! : -100;
       this.evalShape = undefined;
-      const thoughts = await native.sampleThoughts(ids, valid, B, T, seed);
+      const thoughts = await native.sampleThoughts(ids, valid, B, T, seed, rowIds);
       await native.forwardBackward(ids, valid, labels, B, T, thoughts, false, 1);
       const base = (await native.debugTensor('base_nll')).data; // (B, T)
       const talk = (await native.debugTensor('talk_nll')).data; // (B, 1, T)

@@ -440,6 +440,13 @@ Napi::Value EngineWrap::Memory(const Napi::CallbackInfo& info) {
     o.Set("deviceFreeBytes", (double)m.device_free);
     o.Set("deviceTotalBytes", (double)m.device_total);
   }
+  if (engine_->device() == Device::CUDA) {
+    o.Set("deviceReservedBytes", (double)m.device_reserved);
+    o.Set("deviceReservedPeakBytes", (double)m.device_reserved_peak);
+    o.Set("deviceCachedBytes", (double)m.device_cached);
+    o.Set("deviceAllocations", (double)m.device_allocations);
+    o.Set("deviceCacheHits", (double)m.device_cache_hits);
+  }
   return o;
 }
 

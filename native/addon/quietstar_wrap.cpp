@@ -241,21 +241,24 @@ Napi::Value QuietStarWrap::InitParameters(const Napi::CallbackInfo& info) {
   return enqueue(env, [token, seed](State& s) { return s.step->init_parameters(token, seed); }, nullptr);
 }
 
-// sampleThoughts(ids, valid | undefined, B, T, seed): Promise<Int32Array> (R, T, nAhead - 3)
+// sampleThoughts(ids, valid | undefined, B, T, seed, rowIds | undefined): Promise<Int32Array> (R, T, nAhead - 3)
 Napi::Value QuietStarWrap::SampleThoughts(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   check(env);
   auto batch = batch_arrays(info, 2, false);
   uint64_t seed = seed_arg(info[4]);
+  auto rows = std::make_shared<HostArray>();
+  if (info.Length() > 5 && !info[5].IsUndefined() && !info[5].IsNull()) *rows = host_array(info[5], DType::I32, Shape{batch->B}, "rowIds");
   auto out = std::make_shared<std::vector<int32_t>>();
   qs::Engine* e = engine_->engine();
   return enqueue(
       env,
-      [e, batch, seed, out](State& s) -> Status {
+      [e, batch, rows, seed, out](State& s) -> Status {
         BatchTensors t;
         QS_RETURN_IF_ERROR(batch_tensors(*e, *batch, &t));
-        Tensor thoughts;
-        QS_RETURN_IF_ERROR(s.step->sample_thoughts(t.ids, t.valid, seed, &thoughts));
+        Tensor thoughts, tr;
+        QS_RETURN_IF_ERROR(to_tensor(*e, *rows, &tr));
+        QS_RETURN_IF_ERROR(s.step->sample_thoughts(t.ids, t.valid, seed, &thoughts, tr));
         return download_i32(*e, thoughts, out.get());
       },
       [out](Napi::Env env) -> Napi::Value { return int32_array(env, *out); });

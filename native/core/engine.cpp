@@ -5,6 +5,7 @@
 #include <cstring>
 #include <future>
 
+#include "core/caching_allocator.h"
 #include "cpu/parallel.h"
 #include "quietstar/cuda_backend.h"
 
@@ -30,6 +31,17 @@ static Status choose_device(const EngineOptions& options, Device* device) {
   return Status::Ok();
 }
 
+// One cache per engine, not per device: an engine runs everything on its one stream, so a
+// block freed by one job and reused by the next is ordered by the stream alone. A cache shared
+// by two engines (two streams) would need events to know when a freed block is idle.
+static std::shared_ptr<CachingAllocator> make_device_cache() {
+  DeviceMemoryCallbacks device;
+  device.allocate = cuda::device_malloc;
+  device.release = cuda::device_free;
+  device.info = [](size_t* free_b, size_t* total_b) { return cuda::mem_get_info(free_b, total_b).ok(); };
+  return std::make_shared<CachingAllocator>(std::move(device));
+}
+
 Status Engine::create(const EngineOptions& options, std::unique_ptr<Engine>* out) {
   QS_CHECK_ARG(options.threads >= 0, "threads must be >= 0 (got %d)", options.threads);
   std::unique_ptr<Engine> e(new Engine());
@@ -44,6 +56,7 @@ Status Engine::create(const EngineOptions& options, std::unique_ptr<Engine>* out
     if (raw->device_ == Device::CUDA) {
       QS_RETURN_IF_ERROR(cuda::set_device(raw->cuda_device_));
       QS_RETURN_IF_ERROR(cuda::stream_create(&raw->stream_));
+      raw->stats_->device_cache = make_device_cache();
     }
     return Status::Ok();
   });
@@ -124,6 +137,8 @@ Status Engine::empty_on(Device device, DType dtype, const Shape& shape, Tensor* 
   for (size_t i = 0; i < shape.size(); i++) {
     QS_CHECK_ARG(shape[i] >= 0, "shape %s has a negative dimension at index %zu", shape_string(shape).c_str(), i);
   }
+  // A lost context must say "restart", not fail later in a memset on a cached block.
+  if (device == Device::CUDA) QS_RETURN_IF_ERROR(check_alive());
   std::shared_ptr<Storage> storage;
   QS_RETURN_IF_ERROR(Storage::allocate(device, (size_t)shape_numel(shape) * dtype_size(dtype), stats_, &storage));
   *out = Tensor(std::move(storage), 0, dtype, shape);
@@ -161,6 +176,14 @@ MemorySnapshot Engine::memory() const {
   m.device_peak = stats_->device_peak.load();
   m.host_storages = stats_->host_storages.load();
   m.device_storages = stats_->device_storages.load();
+  if (const auto& cache = stats_->device_cache) {
+    AllocatorStats c = cache->stats();
+    m.device_reserved = c.reserved_bytes;
+    m.device_reserved_peak = c.peak_reserved_bytes;
+    m.device_cached = c.cached_bytes();
+    m.device_allocations = c.device_allocations;
+    m.device_cache_hits = c.cache_hits;
+  }
   if (device_ == Device::CUDA) {
     size_t free_b = 0, total_b = 0;
     if (cuda::mem_get_info(&free_b, &total_b).ok()) {
@@ -169,6 +192,10 @@ MemorySnapshot Engine::memory() const {
     }
   }
   return m;
+}
+
+size_t Engine::release_cached_memory() {
+  return stats_->device_cache ? stats_->device_cache->release_cached() : 0;
 }
 
 }  // namespace qs

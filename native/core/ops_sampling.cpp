@@ -8,10 +8,20 @@
 //                       suppress (S) i32 (ids never drawn).
 #include <cmath>
 
+#include <vector>
+
 #include "core/op_context.h"
 #include "cpu/sampling.h"
 
 namespace qs {
+
+#ifdef QUIETSTAR_HAVE_CUDA
+namespace cuda {
+Status sample_tokens_f32(int32_t* out, const float* logits, int B, int V, const cpu::SampleParams& p,
+                         const int32_t* rows, const int32_t* positions, const int32_t* suppress, int n_suppress,
+                         void* stream);
+}
+#endif
 
 // An optional integer attribute in [lo, hi], `fallback` when absent.
 static Status optional_integer(OpContext& ctx, const char* name, int64_t lo, int64_t hi, int64_t fallback,
@@ -24,8 +34,21 @@ static Status optional_integer(OpContext& ctx, const char* name, int64_t lo, int
   return ctx.integer(name, lo, hi, out);
 }
 
+// The first row that could not be sampled (ids below 0, cpu/sampling.h) as an error.
+static Status row_errors(OpContext& ctx, const int32_t* ids, int B) {
+  for (int b = 0; b < B; b++) {
+    if (ids[b] == cpu::kSampleNonFinite) {
+      return QS_ERROR(INVALID_ARGUMENT, "%s: 'logits' row %d holds a NaN or +inf", ctx.op(), b);
+    }
+    if (ids[b] == cpu::kSampleNoToken) {
+      return QS_ERROR(INVALID_ARGUMENT, "%s: 'logits' row %d has no token to draw (every logit is -inf or suppressed)",
+                      ctx.op(), b);
+    }
+  }
+  return Status::Ok();
+}
+
 static Status sample_tokens_op(OpContext& ctx) {
-  QS_RETURN_IF_ERROR(ctx.require_cpu());
   Tensor logits, rows, positions, suppress, ids;
   QS_RETURN_IF_ERROR(ctx.tensor("logits", Kind::FLOAT, {"B", "V"}, &logits));
   QS_RETURN_IF_ERROR(ctx.tensor("rows", Kind::I32, {"B"}, &rows, true));
@@ -52,25 +75,28 @@ static Status sample_tokens_op(OpContext& ctx) {
   p.step = (uint32_t)step;
 
   QS_RETURN_IF_ERROR(ctx.output("ids", DType::I32, {B}, &ids));
-  int32_t* out = ids.data<int32_t>();
   const int32_t* rows_p = ptr<int32_t>(rows);
   const int32_t* pos_p = ptr<int32_t>(positions);
   const int32_t* sup_p = ptr<int32_t>(suppress);
   const int n_sup = suppress.defined() ? (int)suppress.numel() : 0;
+#ifdef QUIETSTAR_HAVE_CUDA
+  if (ctx.engine().device() == Device::CUDA) {
+    QS_CHECK_ARG(ctx.float_dtype() == DType::F32, "%s: the CUDA kernel takes f32 logits (got %s)", ctx.op(),
+                 dtype_name(ctx.float_dtype()));
+    QS_RETURN_IF_ERROR(cuda::sample_tokens_f32(ids.data<int32_t>(), logits.data<float>(), B, V, p, rows_p, pos_p, sup_p,
+                                               n_sup, ctx.engine().stream()));
+    // The ids come back to the host (a sync) so that a row that cannot be sampled is an error
+    // here, as on the CPU, rather than a negative id fed to the next embedding lookup.
+    std::vector<int32_t> host(B);
+    QS_RETURN_IF_ERROR(ctx.engine().download(ids, host.data(), host.size() * sizeof(int32_t)));
+    return row_errors(ctx, host.data(), B);
+  }
+#endif
+  QS_RETURN_IF_ERROR(ctx.require_cpu());
+  int32_t* out = ids.data<int32_t>();
   int failed = 0;
   QS_FOR_FLOAT(ctx, failed = cpu::sample_tokens<T>(out, ptr<T>(logits), B, V, p, rows_p, pos_p, sup_p, n_sup));
-  if (failed) {
-    for (int b = 0; b < B; b++) {
-      if (out[b] == cpu::kSampleNonFinite) {
-        return QS_ERROR(INVALID_ARGUMENT, "%s: 'logits' row %d holds a NaN or +inf", ctx.op(), b);
-      }
-      if (out[b] == cpu::kSampleNoToken) {
-        return QS_ERROR(INVALID_ARGUMENT, "%s: 'logits' row %d has no token to draw (every logit is -inf or suppressed)",
-                        ctx.op(), b);
-      }
-    }
-  }
-  return Status::Ok();
+  return failed ? row_errors(ctx, out, B) : Status::Ok();
 }
 
 void register_sampling_ops(OpTable& table) { table["sample_tokens"] = sample_tokens_op; }

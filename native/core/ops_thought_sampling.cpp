@@ -10,12 +10,22 @@
 //                       positions (N) i32 (the stream's position, default 0),
 //                       suppress (S) i32 (ids never drawn and in no normaliser: the markers).
 #include <cmath>
+#include <vector>
 
 #include "core/op_context.h"
 #include "cpu/sampling.h"
 #include "cpu/thought_sampling.h"
 
 namespace qs {
+
+#ifdef QUIETSTAR_HAVE_CUDA
+namespace cuda {
+size_t thought_sample_scratch_bytes(int N, int V);
+Status thought_sample_f32(int32_t* tokens, float* logp, float* lse, const float* h, const float* W, int N, int D,
+                          int V, const int32_t* rows, const int32_t* positions, const int32_t* suppress, int n_suppress,
+                          const cpu::ThoughtSampleParams& p, void* scratch, void* stream);
+}
+#endif
 
 // An optional integer attribute in [lo, hi], `fallback` when absent.
 static Status optional_int(OpContext& ctx, const char* name, int64_t lo, int64_t hi, int64_t fallback, int64_t* out) {
@@ -27,8 +37,20 @@ static Status optional_int(OpContext& ctx, const char* name, int64_t lo, int64_t
   return ctx.integer(name, lo, hi, out);
 }
 
+// The first row that could not be sampled (tokens below 0, cpu/sampling.h) as an error.
+static Status row_errors(OpContext& ctx, const int32_t* tokens, int N) {
+  for (int n = 0; n < N; n++) {
+    if (tokens[n] == cpu::kSampleNonFinite) {
+      return QS_ERROR(INVALID_ARGUMENT, "%s: the logits of row %d (h[%d] · weightᵀ) hold a NaN or +inf", ctx.op(), n, n);
+    }
+    if (tokens[n] == cpu::kSampleNoToken) {
+      return QS_ERROR(INVALID_ARGUMENT, "%s: row %d has no token to draw (every logit is -inf or suppressed)", ctx.op(), n);
+    }
+  }
+  return Status::Ok();
+}
+
 static Status thought_sample_op(OpContext& ctx) {
-  QS_RETURN_IF_ERROR(ctx.require_cpu());
   Tensor h, weight, rows, positions, suppress, tokens, logp, lse;
   QS_RETURN_IF_ERROR(ctx.tensor("h", Kind::FLOAT, {"N", "D"}, &h));
   QS_RETURN_IF_ERROR(ctx.tensor("weight", Kind::FLOAT, {"V", "D"}, &weight));
@@ -59,20 +81,31 @@ static Status thought_sample_op(OpContext& ctx) {
   QS_RETURN_IF_ERROR(ctx.output("tokens", DType::I32, {N}, &tokens));
   QS_RETURN_IF_ERROR(ctx.output("logp", DType::F32, {N}, &logp));
   QS_RETURN_IF_ERROR(ctx.output("lse", DType::F32, {N}, &lse));
-  int32_t* out = tokens.data<int32_t>();
   const int n_sup = suppress.defined() ? (int)suppress.numel() : 0;
+#ifdef QUIETSTAR_HAVE_CUDA
+  if (ctx.engine().device() == Device::CUDA) {
+    QS_CHECK_ARG(ctx.float_dtype() == DType::F32, "%s: the CUDA kernel takes f32 (got %s)", ctx.op(),
+                 dtype_name(ctx.float_dtype()));
+    Tensor scratch;  // (splits, N) per-row partial states of the vocabulary splits
+    const size_t scratch_bytes = cuda::thought_sample_scratch_bytes(N, V);
+    if (scratch_bytes > 0) QS_RETURN_IF_ERROR(ctx.engine().empty(DType::U8, {(int64_t)scratch_bytes}, &scratch));
+    QS_RETURN_IF_ERROR(cuda::thought_sample_f32(tokens.data<int32_t>(), logp.data<float>(), lse.data<float>(),
+                                                h.data<float>(), weight.data<float>(), N, D, V, ptr<int32_t>(rows),
+                                                ptr<int32_t>(positions), ptr<int32_t>(suppress), n_sup, p,
+                                                ptr<uint8_t>(scratch), ctx.engine().stream()));
+    // The tokens come back to the host (a sync of N ints) so that a row that cannot be sampled
+    // is an error here, as on the CPU, rather than a negative id fed to the next step.
+    std::vector<int32_t> host(N);
+    QS_RETURN_IF_ERROR(ctx.engine().download(tokens, host.data(), host.size() * sizeof(int32_t)));
+    return row_errors(ctx, host.data(), N);
+  }
+#endif
+  QS_RETURN_IF_ERROR(ctx.require_cpu());
+  int32_t* out = tokens.data<int32_t>();
   QS_FOR_FLOAT(ctx, cpu::thought_sample<T>(out, logp.data<float>(), lse.data<float>(), ptr<T>(h), ptr<T>(weight), N, D,
                                            V, ptr<int32_t>(rows), ptr<int32_t>(positions), ptr<int32_t>(suppress),
                                            n_sup, p));
-  for (int n = 0; n < N; n++) {
-    if (out[n] == cpu::kSampleNonFinite) {
-      return QS_ERROR(INVALID_ARGUMENT, "%s: the logits of row %d (h[%d] · weightᵀ) hold a NaN or +inf", ctx.op(), n, n);
-    }
-    if (out[n] == cpu::kSampleNoToken) {
-      return QS_ERROR(INVALID_ARGUMENT, "%s: row %d has no token to draw (every logit is -inf or suppressed)", ctx.op(), n);
-    }
-  }
-  return Status::Ok();
+  return row_errors(ctx, out, N);
 }
 
 void register_thought_sampling_ops(OpTable& table) { table["thought_sample"] = thought_sample_op; }

@@ -247,10 +247,12 @@ Status QuietStar::init_parameters(int init_token_id, uint64_t seed) {
     return impl_->name<float>(__VA_ARGS__);                                                     \
   } while (0)
 
-Status QuietStar::sample_thoughts(const Tensor& ids, const Tensor& valid, uint64_t seed, Tensor* thoughts) {
+Status QuietStar::sample_thoughts(const Tensor& ids, const Tensor& valid, uint64_t seed, Tensor* thoughts,
+                                 const Tensor& row_ids) {
   QS_RETURN_IF_ERROR(require_cpu(*impl_->engine, "QuietStar.sampleThoughts"));
   QS_CHECK_ARG(thoughts != nullptr, "QuietStar.sampleThoughts: no output tensor");
-  QS_QUIETSTAR_DISPATCH(sample_thoughts, model_->config(), options_, model_->params(), ids, valid, seed, thoughts);
+  QS_QUIETSTAR_DISPATCH(sample_thoughts, model_->config(), options_, model_->params(), ids, valid, row_ids, seed,
+                        thoughts);
 }
 
 Status QuietStar::forward_backward(const Tensor& ids, const Tensor& valid, const Tensor& labels, const Tensor& thoughts,

@@ -124,7 +124,7 @@ struct QuietStar::Impl {
 
   template <typename T>
   Status sample_thoughts(const ModelConfig& c, const QuietStarOptions& o, ParamSet& p, const Tensor& ids,
-                         const Tensor& valid, uint64_t seed, Tensor* thoughts);
+                         const Tensor& valid, const Tensor& row_ids, uint64_t seed, Tensor* thoughts);
   template <typename T>
   Status forward_backward(const ModelConfig& c, const QuietStarOptions& o, ParamSet& p, const Tensor& ids,
                           const Tensor& valid, const Tensor& labels, const Tensor& thoughts, bool backward,
@@ -156,6 +156,10 @@ struct QsWeights {
 };
 template <typename T>
 QsWeights<T> bind_qs_weights(const ParamLayout& layout, T* flat);
+
+// The noise row of each of the B·P rows: row_ids[b]·P + p, or b·P + p when row_ids is
+// undefined; row_ids must be a CPU int32 (B) tensor of ids >= 0 (errors name `what`).
+Status noise_rows(const char* what, const Tensor& row_ids, int B, int P, std::vector<int32_t>* rows);
 
 // Shared input checks: ids (B,T) in [0,V), valid (B,T) u8 or undefined, labels, thoughts.
 Status check_qs_inputs(const ModelConfig& c, const QuietStarOptions& o, Engine& e, const char* what, const Tensor& ids,

@@ -19,6 +19,7 @@
 //                   3. w = mixing head([h_base ; h_end]), h = (1 - w)·h_base + w·h_end (or the
 //                      paper's / sigmoid variants), logits = LM head(h), markers -inf;
 //                   4. the branch is dropped: the cache is rewound to the text (kv_rewind).
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -49,6 +50,20 @@ Status check_i32(const char* what, const char* name, const Tensor& t, const Shap
 }
 
 }  // namespace
+
+Status noise_rows(const char* what, const Tensor& row_ids, int B, int P, std::vector<int32_t>* rows) {
+  rows->resize((size_t)B * P);
+  for (int r = 0; r < B * P; r++) (*rows)[r] = r;
+  if (!row_ids.defined()) return Status::Ok();
+  QS_RETURN_IF_ERROR(check_i32(what, "rowIds", row_ids, {B}));
+  for (int b = 0; b < B; b++) {
+    const int64_t id = row_ids.data<int32_t>()[b];
+    QS_CHECK_ARG(id >= 0 && (id + 1) * P - 1 <= INT32_MAX, "%s: rowIds[%d] = %lld must be in [0, 2^31 / nPasses)", what, b,
+                 (long long)id);
+    for (int q = 0; q < P; q++) (*rows)[(size_t)b * P + q] = (int32_t)(id * P + q);
+  }
+  return Status::Ok();
+}
 
 // ---------------------------------------------------------------------------------------------
 // talk logits
@@ -115,15 +130,9 @@ Status QuietStar::Impl::think_decode(const ModelConfig& c, const QuietStarOption
     QS_CHECK_ARG(valid_t.dtype() == DType::U8 && valid_t.device() == Device::CPU && valid_t.shape() == bn,
                  "%s: 'valid' must be a u8 tensor of shape [%d, %d] on the CPU (got %s)", what, B, n,
                  valid_t.describe().c_str());
-  std::vector<int32_t> rid(B), tpos(B);  // noise row id and last text position of each row
-  for (int b = 0; b < B; b++) rid[b] = b, tpos[b] = pos_t.data<int32_t>()[(int64_t)b * n + n - 1];
-  if (rows_t.defined()) {
-    QS_RETURN_IF_ERROR(check_i32(what, "rowIds", rows_t, {B}));
-    for (int b = 0; b < B; b++) {
-      rid[b] = rows_t.data<int32_t>()[b];
-      QS_CHECK_ARG(rid[b] >= 0, "%s: rowIds[%d] = %d must be >= 0", what, b, rid[b]);
-    }
-  }
+  std::vector<int32_t> rid, tpos(B);  // noise row id and last text position of each row
+  QS_RETURN_IF_ERROR(noise_rows(what, rows_t, B, 1, &rid));
+  for (int b = 0; b < B; b++) tpos[b] = pos_t.data<int32_t>()[(int64_t)b * n + n - 1];
   // GPT-2's learned position table must hold the branch (RoPE positions have no table).
   for (int b = 0; b < B && c.family == ModelFamily::GPT2; b++)
     QS_CHECK_ARG(tpos[b] + L < c.max_seq_len,

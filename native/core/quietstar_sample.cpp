@@ -54,13 +54,15 @@ void carve_sample(Carver& cv, const ModelConfig& c, const QsDims& d, SampleBuffe
 
 template <typename T>
 Status QuietStar::Impl::sample_thoughts(const ModelConfig& c, const QuietStarOptions& o, ParamSet& p, const Tensor& ids_t,
-                                        const Tensor& valid_t, uint64_t seed, Tensor* thoughts) {
+                                        const Tensor& valid_t, const Tensor& row_ids, uint64_t seed, Tensor* thoughts) {
   const char* what = "QuietStar.sampleThoughts";
   QS_RETURN_IF_ERROR(check_qs_inputs(c, o, *engine, what, ids_t, valid_t, nullptr, nullptr));
   QS_CHECK_ARG(seed < ((uint64_t)1 << 53), "%s: seed must be an integer in [0, 2^53) (got %llu)", what,
                (unsigned long long)seed);
   const int B = (int)ids_t.dim(0), T_ = (int)ids_t.dim(1);
   const QsDims d = qs_dims(c, o, B, T_);
+  std::vector<int32_t> noise_row;  // (R) the noise stream of each row
+  QS_RETURN_IF_ERROR(noise_rows(what, row_ids, B, d.P, &noise_row));
   Tensor out;
   QS_RETURN_IF_ERROR(engine->empty(DType::I32, {d.R, T_, d.M}, &out));
   if (d.M == 0) {  // nAhead <= 3: nothing is sampled
@@ -81,7 +83,7 @@ Status QuietStar::Impl::sample_thoughts(const ModelConfig& c, const QuietStarOpt
   const T scale = (T)(1.0 / std::sqrt((double)d.hd));
   const bool gpt2 = c.family == ModelFamily::GPT2;
   for (int r = 0; r < d.R; r++)
-    for (int i = 0; i < T_; i++) b.rows[(int64_t)r * T_ + i] = r, b.posi[(int64_t)r * T_ + i] = i;
+    for (int i = 0; i < T_; i++) b.rows[(int64_t)r * T_ + i] = noise_row[r], b.posi[(int64_t)r * T_ + i] = i;
 
   // ---- base pass: the K/V of every layer (positions 0..T-1 = posi's first B·T entries)
   {
@@ -147,8 +149,8 @@ Status QuietStar::Impl::sample_thoughts(const ModelConfig& c, const QuietStarOpt
 }
 
 template Status QuietStar::Impl::sample_thoughts<float>(const ModelConfig&, const QuietStarOptions&, ParamSet&, const Tensor&,
-                                                        const Tensor&, uint64_t, Tensor*);
+                                                        const Tensor&, const Tensor&, uint64_t, Tensor*);
 template Status QuietStar::Impl::sample_thoughts<double>(const ModelConfig&, const QuietStarOptions&, ParamSet&, const Tensor&,
-                                                         const Tensor&, uint64_t, Tensor*);
+                                                         const Tensor&, const Tensor&, uint64_t, Tensor*);
 
 }  // namespace qs

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "core/caching_allocator.h"
 #include "quietstar/cuda_backend.h"
 
 namespace qs {
@@ -60,21 +61,19 @@ Status Storage::allocate(Device device, size_t bytes, std::shared_ptr<MemoryStat
       bump_peak(s->stats_->host_peak, now);
     }
   } else {
-    Status st = cuda::device_malloc(&s->ptr_, padded);
+    // The cache's OUT_OF_MEMORY already says what is asked, in use and cached.
+    CachingAllocator* cache = s->stats_ ? s->stats_->device_cache.get() : nullptr;
+    Status st = cache ? cache->allocate(padded, &s->ptr_) : cuda::device_malloc(&s->ptr_, padded);
     if (!st.ok()) {
       s->ptr_ = nullptr;
-      if (st.code() == Code::OUT_OF_MEMORY && s->stats_) {
-        return Status(Code::OUT_OF_MEMORY, st.message() + " (" +
-                      std::to_string(s->stats_->device_bytes.load()) + " bytes in use by quietstar)");
-      }
       return st;
     }
-    QS_RETURN_IF_ERROR(cuda::memset_zero(s->ptr_, padded, nullptr));
-    if (s->stats_) {
+    if (s->stats_) {  // counted before the memset: if it fails, ~Storage takes these back
       int64_t now = s->stats_->device_bytes += (int64_t)bytes;
       s->stats_->device_storages++;
       bump_peak(s->stats_->device_peak, now);
     }
+    QS_RETURN_IF_ERROR(cuda::memset_zero(s->ptr_, padded, nullptr));
   }
   *out = std::move(s);
   return Status::Ok();
@@ -86,7 +85,11 @@ Storage::~Storage() {
     std::free(ptr_);
     if (stats_) { stats_->host_bytes -= (int64_t)bytes_; stats_->host_storages--; }
   } else {
-    cuda::device_free(ptr_);
+    if (stats_ && stats_->device_cache) {
+      stats_->device_cache->free(ptr_);
+    } else {
+      cuda::device_free(ptr_);
+    }
     if (stats_) { stats_->device_bytes -= (int64_t)bytes_; stats_->device_storages--; }
   }
 }

@@ -196,6 +196,41 @@ QS_TEST(cuda_residual_forward_matches_cpu_twin) {
   }
 }
 
+QS_TEST(cuda_device_cache_reuses_blocks_and_explains_oom) {
+  if (!cuda::probe().usable) QS_SKIP("no usable CUDA device: " + cuda::probe().unavailable_reason);
+  auto e = make_engine("cuda");
+  if (!e) { QS_EXPECT(false, "cuda engine"); return; }
+  Status st = e->run_sync([&]() -> Status {
+    Tensor a;
+    QS_RETURN_IF_ERROR(e->empty(DType::F32, {1 << 20}, &a));
+    MemorySnapshot before = e->memory();
+    a = Tensor();
+    QS_RETURN_IF_ERROR(e->empty(DType::F32, {1 << 20}, &a));  // the freed block, from the cache
+    MemorySnapshot after = e->memory();
+    QS_EXPECT(after.device_allocations == before.device_allocations, "cudaMalloc again for a freed size");
+    QS_EXPECT(after.device_cache_hits == before.device_cache_hits + 1, "no cache hit");
+    QS_EXPECT(after.device_reserved >= after.device_bytes && after.device_bytes == 4 << 20, "reserved %lld, bytes %lld",
+              (long long)after.device_reserved, (long long)after.device_bytes);
+    Tensor huge;
+    Status oom = e->empty(DType::U8, {after.device_total * 2}, &huge);
+    QS_EXPECT(oom.code() == Code::OUT_OF_MEMORY, "twice the GPU: %s", oom.to_string().c_str());
+    QS_EXPECT(oom.message().find(std::to_string(after.device_total * 2) + " bytes") != std::string::npos, "%s",
+              oom.message().c_str());
+    QS_EXPECT(!e->failed(), "out of memory is not a lost context");
+    a = Tensor();
+    QS_EXPECT(e->release_cached_memory() > 0 && e->memory().device_cached == 0, "cache not given back");
+    return e->empty(DType::F32, {16}, &a);  // still usable
+  });
+  QS_EXPECT(st.ok(), "%s", st.to_string().c_str());
+}
+
+QS_TEST(cpu_engine_has_no_device_cache) {
+  auto e = make_engine();
+  MemorySnapshot m = e->memory();
+  QS_EXPECT(m.device_reserved == 0 && m.device_allocations == 0 && m.device_cache_hits == 0, "device figures on cpu");
+  QS_EXPECT(e->release_cached_memory() == 0 && !e->failed() && e->check_alive().ok(), "cpu engine state");
+}
+
 QS_TEST(cublas_loader_reports_where_or_why) {
   const cuda::BlasInfo& info = cuda::load_blas({});
   if (info.found) {

@@ -25,10 +25,14 @@ struct EngineOptions {
 };
 
 struct MemorySnapshot {
-  int64_t host_bytes = 0, device_bytes = 0;
+  int64_t host_bytes = 0, device_bytes = 0;  // held by tensors (their own sizes)
   int64_t host_peak = 0, device_peak = 0;
   int64_t host_storages = 0, device_storages = 0;
   int64_t device_free = -1, device_total = -1;  // cudaMemGetInfo; -1 without CUDA
+  // The device cache (CUDA engines; 0 elsewhere): bytes held from the device (tensors' rounded
+  // blocks + cached), its peak, the cached part, device allocations made and requests the cache served.
+  int64_t device_reserved = 0, device_reserved_peak = 0, device_cached = 0;
+  int64_t device_allocations = 0, device_cache_hits = 0;
 };
 
 class Engine {
@@ -41,6 +45,8 @@ class Engine {
   void* stream() const { return stream_; }  // cudaStream_t on CUDA, null on CPU
   const std::shared_ptr<MemoryStats>& stats() const { return stats_; }
   MemorySnapshot memory() const;
+  // Gives the device memory cached for reuse back to the device (any thread); returns its bytes.
+  size_t release_cached_memory();
 
   // Allocates a zero-filled tensor on this engine's device. Call on the compute thread for CUDA.
   Status empty(DType dtype, const Shape& shape, Tensor* out);

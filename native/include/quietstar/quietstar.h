@@ -96,8 +96,11 @@ class QuietStar {
   Status init_parameters(int init_token_id, uint64_t seed);
 
   // Phase 1 alone: thoughts (R, T, max(N-3, 0)) int32 for ids (B, T), valid (B, T) uint8
-  // (undefined = all valid). Draws are keyed by (seed, r, s, i).
-  Status sample_thoughts(const Tensor& ids, const Tensor& valid, uint64_t seed, Tensor* thoughts);
+  // (undefined = all valid). Draws are keyed by (seed, row, s, i), row = row_ids[b]·P + p for
+  // row r = b·P + p; row_ids (B) int32 (undefined = b, i.e. row = r): give each document its
+  // own id (e.g. its index in a dataset) and it draws the same thoughts in any batch.
+  Status sample_thoughts(const Tensor& ids, const Tensor& valid, uint64_t seed, Tensor* thoughts,
+                         const Tensor& row_ids = Tensor());
 
   // Phase 2 with the given thoughts: losses, rewards and, when backward, gradients scaled by
   // loss_scale accumulated into the ParamSet's grads. labels (B, T) int32, -100 = ignored.

@@ -4,7 +4,8 @@
 // parameter buffer can hand out named views (llm.c's ParameterTensors) and a job in flight keeps
 // the memory it reads alive even if the user disposes the JS object meanwhile. Storage frees
 // itself deterministically when the last reference goes: there is no garbage collector here.
-// Host memory is 64-byte aligned (AVX-512 loads). Every byte is counted in MemoryStats.
+// Host memory is 64-byte aligned (AVX-512 loads). Every byte is counted in MemoryStats. Device
+// memory comes from the engine's caching allocator (core/caching_allocator.h) when it has one.
 #pragma once
 
 #include <atomic>
@@ -18,7 +19,10 @@
 
 namespace qs {
 
-// Byte counters shared by an engine and every storage it allocated (storages may outlive it).
+class CachingAllocator;
+
+// What an engine shares with every storage it allocated (storages may outlive it): byte
+// counters of the tensors (requested sizes) and, on CUDA, the device cache they come from.
 struct MemoryStats {
   std::atomic<int64_t> host_bytes{0};
   std::atomic<int64_t> device_bytes{0};
@@ -26,6 +30,7 @@ struct MemoryStats {
   std::atomic<int64_t> device_storages{0};
   std::atomic<int64_t> host_peak{0};
   std::atomic<int64_t> device_peak{0};
+  std::shared_ptr<CachingAllocator> device_cache;  // set once, before the first allocation
 };
 
 class Storage {
