@@ -76,6 +76,32 @@ void register_thought_sampling_ops(OpTable& table);
 void register_thought_attention_ops(OpTable& table);
 
 // Runs the statements with `T` = float or double, whichever the op's float arguments are.
+// QS_CUDA_OR_CPU(ctx, (cuda::launcher(...)), cpu statement): on a CUDA engine checks that the
+// float dtype is f32 (the device kernels' only dtype) and enqueues the launcher on the engine's
+// stream; otherwise requires a CPU engine and runs the CPU statement. Without CUDA support the
+// launcher is not even compiled. The launcher argument goes in parentheses (it has commas).
+#ifdef QUIETSTAR_HAVE_CUDA
+#define QS_CUDA_FN(f) cuda::f
+#define QS_CUDA_OR_CPU(ctx, cuda_launch, ...)                                                          \
+  do {                                                                                                \
+    if ((ctx).engine().device() == Device::CUDA) {                                                    \
+      QS_CHECK_ARG((ctx).float_dtype() == DType::F32, "%s: the CUDA kernel takes f32 (got %s)", (ctx).op(), \
+                   dtype_name((ctx).float_dtype()));                                                  \
+      QS_RETURN_IF_ERROR(cuda_launch);                                                                \
+    } else {                                                                                          \
+      QS_RETURN_IF_ERROR((ctx).require_cpu());                                                        \
+      __VA_ARGS__;                                                                                    \
+    }                                                                                                 \
+  } while (0)
+#else
+#define QS_CUDA_FN(f) nullptr
+#define QS_CUDA_OR_CPU(ctx, cuda_launch, ...) \
+  do {                                        \
+    QS_RETURN_IF_ERROR((ctx).require_cpu());  \
+    __VA_ARGS__;                              \
+  } while (0)
+#endif
+
 #define QS_FOR_FLOAT(ctx, ...)                                          \
   do {                                                                  \
     if ((ctx).float_dtype() == ::qs::DType::F64) {                      \

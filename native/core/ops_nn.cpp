@@ -13,14 +13,13 @@
 #include "cpu/lmhead_xent.h"
 #include "cpu/rmsnorm.h"
 #include "cpu/rope.h"
+#ifdef QUIETSTAR_HAVE_CUDA
+#include "cuda/kernels_nn.h"
+#endif
 
 namespace qs {
 
-#ifdef QUIETSTAR_HAVE_CUDA
-namespace cuda {
-Status residual_forward(float* out, const float* a, const float* b, int64_t n, void* stream);
-}
-#endif
+
 
 // ---------------------------------------------------------------------------------------------
 // linear: out (M, N) = inp (M, K) · W + bias
@@ -76,33 +75,32 @@ static Status linear_backward_op(OpContext& ctx) {
 // embeddings
 
 static Status embedding_forward_op(OpContext& ctx) {
-  QS_RETURN_IF_ERROR(ctx.require_cpu());
   Tensor ids, table, out;
   QS_RETURN_IF_ERROR(ctx.tensor("ids", Kind::I32, {"*N"}, &ids));
   QS_RETURN_IF_ERROR(ctx.tensor("table", Kind::FLOAT, {"V", "C"}, &table));
   QS_RETURN_IF_ERROR(ctx.check_range("ids", ids, 0, ctx.sym("V")));
   int N = (int)ctx.sym("N"), C = (int)ctx.sym("C");
   QS_RETURN_IF_ERROR(ctx.output("out", lead_shape(ids, 0, {C}), &out));
-  QS_FOR_FLOAT(ctx, cpu::embedding_forward<T>(ptr<T>(out), ids.data<int32_t>(), ptr<T>(table), N, C));
+  QS_CUDA_OR_CPU(ctx, (cuda::embedding_forward(ptr<float>(out), ids.data<int32_t>(), ptr<float>(table), N, C, (int)ctx.sym("V"), ctx.engine().stream())),
+                 QS_FOR_FLOAT(ctx, cpu::embedding_forward<T>(ptr<T>(out), ids.data<int32_t>(), ptr<T>(table), N, C)));
   return Status::Ok();
 }
 
 static Status embedding_backward_op(OpContext& ctx) {
-  QS_RETURN_IF_ERROR(ctx.require_cpu());
   Tensor dout, ids, dtable;
   QS_RETURN_IF_ERROR(ctx.tensor("dout", Kind::FLOAT, {"*N", "C"}, &dout));
   QS_RETURN_IF_ERROR(ctx.tensor("ids", Kind::I32, {"*N"}, &ids));
   QS_RETURN_IF_ERROR(ctx.tensor("dtable", Kind::FLOAT, {"V", "C"}, &dtable));
   QS_RETURN_IF_ERROR(ctx.check_range("ids", ids, 0, ctx.sym("V")));
   int N = (int)ctx.sym("N"), C = (int)ctx.sym("C");
-  QS_FOR_FLOAT(ctx, cpu::embedding_backward<T>(ptr<T>(dtable), ptr<T>(dout), ids.data<int32_t>(), N, C));
+  QS_CUDA_OR_CPU(ctx, (cuda::embedding_backward(ptr<float>(dtable), ptr<float>(dout), ids.data<int32_t>(), N, C, (int)ctx.sym("V"), ctx.engine().stream())),
+                 QS_FOR_FLOAT(ctx, cpu::embedding_backward<T>(ptr<T>(dtable), ptr<T>(dout), ids.data<int32_t>(), N, C)));
   ctx.pass_through("dtable", dtable);
   return Status::Ok();
 }
 
 // out = inp + wpe[pos] (GPT-2's learned positions)
 static Status position_embedding_forward_op(OpContext& ctx) {
-  QS_RETURN_IF_ERROR(ctx.require_cpu());
   Tensor inp, pos, wpe, out;
   QS_RETURN_IF_ERROR(ctx.tensor("inp", Kind::FLOAT, {"*N", "C"}, &inp));
   QS_RETURN_IF_ERROR(ctx.tensor("pos", Kind::I32, {"*N"}, &pos));
@@ -110,20 +108,21 @@ static Status position_embedding_forward_op(OpContext& ctx) {
   QS_RETURN_IF_ERROR(ctx.check_range("pos", pos, 0, ctx.sym("P")));
   int N = (int)ctx.sym("N"), C = (int)ctx.sym("C");
   QS_RETURN_IF_ERROR(ctx.output("out", inp.shape(), &out));
-  std::memcpy(out.raw(), inp.raw(), inp.nbytes());
-  QS_FOR_FLOAT(ctx, cpu::position_embedding_forward<T>(ptr<T>(out), pos.data<int32_t>(), ptr<T>(wpe), N, C));
+  QS_CUDA_OR_CPU(ctx, (cuda::position_embedding_forward(ptr<float>(out), ptr<float>(inp), pos.data<int32_t>(), ptr<float>(wpe), N, C, (int)ctx.sym("P"), ctx.engine().stream())),
+                 std::memcpy(out.raw(), inp.raw(), inp.nbytes());
+                 QS_FOR_FLOAT(ctx, cpu::position_embedding_forward<T>(ptr<T>(out), pos.data<int32_t>(), ptr<T>(wpe), N, C)));
   return Status::Ok();
 }
 
 static Status position_embedding_backward_op(OpContext& ctx) {
-  QS_RETURN_IF_ERROR(ctx.require_cpu());
   Tensor dout, pos, dwpe;
   QS_RETURN_IF_ERROR(ctx.tensor("dout", Kind::FLOAT, {"*N", "C"}, &dout));
   QS_RETURN_IF_ERROR(ctx.tensor("pos", Kind::I32, {"*N"}, &pos));
   QS_RETURN_IF_ERROR(ctx.tensor("dwpe", Kind::FLOAT, {"P", "C"}, &dwpe));
   QS_RETURN_IF_ERROR(ctx.check_range("pos", pos, 0, ctx.sym("P")));
   int N = (int)ctx.sym("N"), C = (int)ctx.sym("C");
-  QS_FOR_FLOAT(ctx, cpu::position_embedding_backward<T>(ptr<T>(dwpe), ptr<T>(dout), pos.data<int32_t>(), N, C));
+  QS_CUDA_OR_CPU(ctx, (cuda::position_embedding_backward(ptr<float>(dwpe), ptr<float>(dout), pos.data<int32_t>(), N, C, (int)ctx.sym("P"), ctx.engine().stream())),
+                 QS_FOR_FLOAT(ctx, cpu::position_embedding_backward<T>(ptr<T>(dwpe), ptr<T>(dout), pos.data<int32_t>(), N, C)));
   ctx.pass_through("dwpe", dwpe);
   return Status::Ok();
 }
@@ -132,7 +131,6 @@ static Status position_embedding_backward_op(OpContext& ctx) {
 // normalisation
 
 static Status layernorm_forward_op(OpContext& ctx) {
-  QS_RETURN_IF_ERROR(ctx.require_cpu());
   Tensor inp, weight, bias, out, mean, rstd;
   QS_RETURN_IF_ERROR(ctx.tensor("inp", Kind::FLOAT, {"*N", "C"}, &inp));
   QS_RETURN_IF_ERROR(ctx.tensor("weight", Kind::FLOAT, {"C"}, &weight));
@@ -143,13 +141,13 @@ static Status layernorm_forward_op(OpContext& ctx) {
   QS_RETURN_IF_ERROR(ctx.output("out", inp.shape(), &out));
   QS_RETURN_IF_ERROR(ctx.output("mean", {N}, &mean));
   QS_RETURN_IF_ERROR(ctx.output("rstd", {N}, &rstd));
-  QS_FOR_FLOAT(ctx, cpu::layernorm_forward<T>(ptr<T>(out), ptr<T>(mean), ptr<T>(rstd), ptr<T>(inp), ptr<T>(weight),
-                                               ptr<T>(bias), N, C, (T)eps));
+  QS_CUDA_OR_CPU(ctx, (cuda::layernorm_forward(ptr<float>(out), ptr<float>(mean), ptr<float>(rstd), ptr<float>(inp), ptr<float>(weight), ptr<float>(bias), N, C, (float)eps, ctx.engine().stream())),
+                 QS_FOR_FLOAT(ctx, cpu::layernorm_forward<T>(ptr<T>(out), ptr<T>(mean), ptr<T>(rstd), ptr<T>(inp), ptr<T>(weight),
+                                               ptr<T>(bias), N, C, (T)eps)));
   return Status::Ok();
 }
 
 static Status layernorm_backward_op(OpContext& ctx) {
-  QS_RETURN_IF_ERROR(ctx.require_cpu());
   Tensor dout, inp, weight, mean, rstd, dinp, dweight, dbias;
   QS_RETURN_IF_ERROR(ctx.tensor("dout", Kind::FLOAT, {"*N", "C"}, &dout));
   QS_RETURN_IF_ERROR(ctx.tensor("inp", Kind::FLOAT, {"*N", "C"}, &inp));
@@ -160,8 +158,9 @@ static Status layernorm_backward_op(OpContext& ctx) {
   QS_RETURN_IF_ERROR(ctx.tensor("dweight", Kind::FLOAT, {"C"}, &dweight, true));
   QS_RETURN_IF_ERROR(ctx.tensor("dbias", Kind::FLOAT, {"C"}, &dbias, true));
   int N = (int)ctx.sym("N"), C = (int)ctx.sym("C");
-  QS_FOR_FLOAT(ctx, cpu::layernorm_backward<T>(ptr<T>(dinp), ptr<T>(dweight), ptr<T>(dbias), ptr<T>(dout), ptr<T>(inp),
-                                                ptr<T>(weight), ptr<T>(mean), ptr<T>(rstd), N, C));
+  QS_CUDA_OR_CPU(ctx, (cuda::layernorm_backward(ptr<float>(dinp), ptr<float>(dweight), ptr<float>(dbias), ptr<float>(dout), ptr<float>(inp), ptr<float>(weight), ptr<float>(mean), ptr<float>(rstd), N, C, ctx.engine().stream())),
+                 QS_FOR_FLOAT(ctx, cpu::layernorm_backward<T>(ptr<T>(dinp), ptr<T>(dweight), ptr<T>(dbias), ptr<T>(dout), ptr<T>(inp),
+                                                ptr<T>(weight), ptr<T>(mean), ptr<T>(rstd), N, C)));
   ctx.pass_through("dinp", dinp);
   ctx.pass_through("dweight", dweight);
   ctx.pass_through("dbias", dbias);
@@ -169,7 +168,6 @@ static Status layernorm_backward_op(OpContext& ctx) {
 }
 
 static Status rmsnorm_forward_op(OpContext& ctx) {
-  QS_RETURN_IF_ERROR(ctx.require_cpu());
   Tensor inp, weight, out, rstd;
   QS_RETURN_IF_ERROR(ctx.tensor("inp", Kind::FLOAT, {"*N", "C"}, &inp));
   QS_RETURN_IF_ERROR(ctx.tensor("weight", Kind::FLOAT, {"C"}, &weight));
@@ -178,12 +176,12 @@ static Status rmsnorm_forward_op(OpContext& ctx) {
   int N = (int)ctx.sym("N"), C = (int)ctx.sym("C");
   QS_RETURN_IF_ERROR(ctx.output("out", inp.shape(), &out));
   QS_RETURN_IF_ERROR(ctx.output("rstd", {N}, &rstd));
-  QS_FOR_FLOAT(ctx, cpu::rmsnorm_forward<T>(ptr<T>(out), ptr<T>(rstd), ptr<T>(inp), ptr<T>(weight), N, C, (T)eps));
+  QS_CUDA_OR_CPU(ctx, (cuda::rmsnorm_forward(ptr<float>(out), ptr<float>(rstd), ptr<float>(inp), ptr<float>(weight), N, C, (float)eps, ctx.engine().stream())),
+                 QS_FOR_FLOAT(ctx, cpu::rmsnorm_forward<T>(ptr<T>(out), ptr<T>(rstd), ptr<T>(inp), ptr<T>(weight), N, C, (T)eps)));
   return Status::Ok();
 }
 
 static Status rmsnorm_backward_op(OpContext& ctx) {
-  QS_RETURN_IF_ERROR(ctx.require_cpu());
   Tensor dout, inp, weight, rstd, dinp, dweight;
   QS_RETURN_IF_ERROR(ctx.tensor("dout", Kind::FLOAT, {"*N", "C"}, &dout));
   QS_RETURN_IF_ERROR(ctx.tensor("inp", Kind::FLOAT, {"*N", "C"}, &inp));
@@ -192,8 +190,9 @@ static Status rmsnorm_backward_op(OpContext& ctx) {
   QS_RETURN_IF_ERROR(ctx.tensor("dinp", Kind::FLOAT, {"*N", "C"}, &dinp, true));
   QS_RETURN_IF_ERROR(ctx.tensor("dweight", Kind::FLOAT, {"C"}, &dweight, true));
   int N = (int)ctx.sym("N"), C = (int)ctx.sym("C");
-  QS_FOR_FLOAT(ctx, cpu::rmsnorm_backward<T>(ptr<T>(dinp), ptr<T>(dweight), ptr<T>(dout), ptr<T>(inp), ptr<T>(weight),
-                                              ptr<T>(rstd), N, C));
+  QS_CUDA_OR_CPU(ctx, (cuda::rmsnorm_backward(ptr<float>(dinp), ptr<float>(dweight), ptr<float>(dout), ptr<float>(inp), ptr<float>(weight), ptr<float>(rstd), N, C, ctx.engine().stream())),
+                 QS_FOR_FLOAT(ctx, cpu::rmsnorm_backward<T>(ptr<T>(dinp), ptr<T>(dweight), ptr<T>(dout), ptr<T>(inp), ptr<T>(weight),
+                                              ptr<T>(rstd), N, C)));
   ctx.pass_through("dinp", dinp);
   ctx.pass_through("dweight", dweight);
   return Status::Ok();
@@ -213,24 +212,24 @@ static Status rope_args(OpContext& ctx, const char* x_name, Tensor* x, Tensor* p
 }
 
 static Status rope_forward_op(OpContext& ctx) {
-  QS_RETURN_IF_ERROR(ctx.require_cpu());
   Tensor inp, pos, out;
   double theta;
   QS_RETURN_IF_ERROR(rope_args(ctx, "inp", &inp, &pos, &theta));
   QS_RETURN_IF_ERROR(ctx.output("out", inp.shape(), &out));
-  QS_FOR_FLOAT(ctx, cpu::rope_forward<T>(ptr<T>(out), ptr<T>(inp), pos.data<int32_t>(), (int)ctx.sym("N"),
-                                          (int)ctx.sym("H"), (int)ctx.sym("d"), theta));
+  QS_CUDA_OR_CPU(ctx, (cuda::rope_forward(ptr<float>(out), ptr<float>(inp), pos.data<int32_t>(), (int)ctx.sym("N"), (int)ctx.sym("H"), (int)ctx.sym("d"), theta, ctx.engine().stream())),
+                 QS_FOR_FLOAT(ctx, cpu::rope_forward<T>(ptr<T>(out), ptr<T>(inp), pos.data<int32_t>(), (int)ctx.sym("N"),
+                                          (int)ctx.sym("H"), (int)ctx.sym("d"), theta)));
   return Status::Ok();
 }
 
 static Status rope_backward_op(OpContext& ctx) {
-  QS_RETURN_IF_ERROR(ctx.require_cpu());
   Tensor dout, pos, dinp;
   double theta;
   QS_RETURN_IF_ERROR(rope_args(ctx, "dout", &dout, &pos, &theta));
   QS_RETURN_IF_ERROR(ctx.tensor("dinp", Kind::FLOAT, {"*N", "H", "d"}, &dinp));
-  QS_FOR_FLOAT(ctx, cpu::rope_backward<T>(ptr<T>(dinp), ptr<T>(dout), pos.data<int32_t>(), (int)ctx.sym("N"),
-                                           (int)ctx.sym("H"), (int)ctx.sym("d"), theta));
+  QS_CUDA_OR_CPU(ctx, (cuda::rope_backward(ptr<float>(dinp), ptr<float>(dout), pos.data<int32_t>(), (int)ctx.sym("N"), (int)ctx.sym("H"), (int)ctx.sym("d"), theta, ctx.engine().stream())),
+                 QS_FOR_FLOAT(ctx, cpu::rope_backward<T>(ptr<T>(dinp), ptr<T>(dout), pos.data<int32_t>(), (int)ctx.sym("N"),
+                                           (int)ctx.sym("H"), (int)ctx.sym("d"), theta)));
   ctx.pass_through("dinp", dinp);
   return Status::Ok();
 }
@@ -238,50 +237,54 @@ static Status rope_backward_op(OpContext& ctx) {
 // ---------------------------------------------------------------------------------------------
 // pointwise
 
-template <void (*F32)(float*, const float*, int64_t), void (*F64)(double*, const double*, int64_t)>
+using CudaUnaryForward = Status (*)(float*, const float*, int64_t, void*);
+using CudaUnaryBackward = Status (*)(float*, const float*, const float*, int64_t, void*);
+
+template <void (*F32)(float*, const float*, int64_t), void (*F64)(double*, const double*, int64_t),
+          CudaUnaryForward CUDA>
 static Status unary_forward_op(OpContext& ctx) {
-  QS_RETURN_IF_ERROR(ctx.require_cpu());
   Tensor inp, out;
   QS_RETURN_IF_ERROR(ctx.tensor("inp", Kind::FLOAT, {"*N"}, &inp));
   QS_RETURN_IF_ERROR(ctx.output("out", inp.shape(), &out));
-  if (ctx.float_dtype() == DType::F64) F64(out.data<double>(), inp.data<double>(), inp.numel());
-  else F32(out.data<float>(), inp.data<float>(), inp.numel());
+  QS_CUDA_OR_CPU(ctx, (CUDA(out.data<float>(), inp.data<float>(), inp.numel(), ctx.engine().stream())),
+                 if (ctx.float_dtype() == DType::F64) F64(out.data<double>(), inp.data<double>(), inp.numel());
+                 else F32(out.data<float>(), inp.data<float>(), inp.numel()));
   return Status::Ok();
 }
 
 template <void (*F32)(float*, const float*, const float*, int64_t),
-          void (*F64)(double*, const double*, const double*, int64_t)>
+          void (*F64)(double*, const double*, const double*, int64_t), CudaUnaryBackward CUDA>
 static Status unary_backward_op(OpContext& ctx) {
-  QS_RETURN_IF_ERROR(ctx.require_cpu());
   Tensor inp, dout, dinp;
   QS_RETURN_IF_ERROR(ctx.tensor("inp", Kind::FLOAT, {"*N"}, &inp));
   QS_RETURN_IF_ERROR(ctx.tensor("dout", Kind::FLOAT, {"*N"}, &dout));
   QS_RETURN_IF_ERROR(ctx.tensor("dinp", Kind::FLOAT, {"*N"}, &dinp));
-  if (ctx.float_dtype() == DType::F64) F64(dinp.data<double>(), inp.data<double>(), dout.data<double>(), inp.numel());
-  else F32(dinp.data<float>(), inp.data<float>(), dout.data<float>(), inp.numel());
+  QS_CUDA_OR_CPU(ctx, (CUDA(dinp.data<float>(), inp.data<float>(), dout.data<float>(), inp.numel(), ctx.engine().stream())),
+                 if (ctx.float_dtype() == DType::F64) F64(dinp.data<double>(), inp.data<double>(), dout.data<double>(), inp.numel());
+                 else F32(dinp.data<float>(), inp.data<float>(), dout.data<float>(), inp.numel()));
   ctx.pass_through("dinp", dinp);
   return Status::Ok();
 }
 
 static Status swiglu_forward_op(OpContext& ctx) {
-  QS_RETURN_IF_ERROR(ctx.require_cpu());
   Tensor gate, up, out;
   QS_RETURN_IF_ERROR(ctx.tensor("gate", Kind::FLOAT, {"*N", "F"}, &gate));
   QS_RETURN_IF_ERROR(ctx.tensor("up", Kind::FLOAT, {"*N", "F"}, &up));
   QS_RETURN_IF_ERROR(ctx.output("out", gate.shape(), &out));
-  QS_FOR_FLOAT(ctx, cpu::swiglu_forward<T>(ptr<T>(out), ptr<T>(gate), ptr<T>(up), gate.numel()));
+  QS_CUDA_OR_CPU(ctx, (cuda::swiglu_forward(ptr<float>(out), ptr<float>(gate), ptr<float>(up), gate.numel(), ctx.engine().stream())),
+                 QS_FOR_FLOAT(ctx, cpu::swiglu_forward<T>(ptr<T>(out), ptr<T>(gate), ptr<T>(up), gate.numel())));
   return Status::Ok();
 }
 
 static Status swiglu_backward_op(OpContext& ctx) {
-  QS_RETURN_IF_ERROR(ctx.require_cpu());
   Tensor gate, up, dout, dgate, dup;
   QS_RETURN_IF_ERROR(ctx.tensor("gate", Kind::FLOAT, {"*N", "F"}, &gate));
   QS_RETURN_IF_ERROR(ctx.tensor("up", Kind::FLOAT, {"*N", "F"}, &up));
   QS_RETURN_IF_ERROR(ctx.tensor("dout", Kind::FLOAT, {"*N", "F"}, &dout));
   QS_RETURN_IF_ERROR(ctx.tensor("dgate", Kind::FLOAT, {"*N", "F"}, &dgate));
   QS_RETURN_IF_ERROR(ctx.tensor("dup", Kind::FLOAT, {"*N", "F"}, &dup));
-  QS_FOR_FLOAT(ctx, cpu::swiglu_backward<T>(ptr<T>(dgate), ptr<T>(dup), ptr<T>(gate), ptr<T>(up), ptr<T>(dout), gate.numel()));
+  QS_CUDA_OR_CPU(ctx, (cuda::swiglu_backward(ptr<float>(dgate), ptr<float>(dup), ptr<float>(gate), ptr<float>(up), ptr<float>(dout), gate.numel(), ctx.engine().stream())),
+                 QS_FOR_FLOAT(ctx, cpu::swiglu_backward<T>(ptr<T>(dgate), ptr<T>(dup), ptr<T>(gate), ptr<T>(up), ptr<T>(dout), gate.numel())));
   ctx.pass_through("dgate", dgate);
   ctx.pass_through("dup", dup);
   return Status::Ok();
@@ -305,12 +308,12 @@ static Status residual_forward_op(OpContext& ctx) {
 }
 
 static Status residual_backward_op(OpContext& ctx) {
-  QS_RETURN_IF_ERROR(ctx.require_cpu());
   Tensor dout, da, db;
   QS_RETURN_IF_ERROR(ctx.tensor("dout", Kind::FLOAT, {"*N"}, &dout));
   QS_RETURN_IF_ERROR(ctx.tensor("da", Kind::FLOAT, {"*N"}, &da, true));
   QS_RETURN_IF_ERROR(ctx.tensor("db", Kind::FLOAT, {"*N"}, &db, true));
-  QS_FOR_FLOAT(ctx, cpu::residual_backward<T>(ptr<T>(da), ptr<T>(db), ptr<T>(dout), dout.numel()));
+  QS_CUDA_OR_CPU(ctx, (cuda::residual_backward(ptr<float>(da), ptr<float>(db), ptr<float>(dout), dout.numel(), ctx.engine().stream())),
+                 QS_FOR_FLOAT(ctx, cpu::residual_backward<T>(ptr<T>(da), ptr<T>(db), ptr<T>(dout), dout.numel())));
   ctx.pass_through("da", da);
   ctx.pass_through("db", db);
   return Status::Ok();
@@ -327,7 +330,6 @@ static Status xent_attrs(OpContext& ctx, int64_t* ignore_index, int64_t* chunk) 
 }
 
 static Status lmhead_xent_forward_op(OpContext& ctx) {
-  QS_RETURN_IF_ERROR(ctx.require_cpu());
   Tensor h, weight, targets, losses, lse;
   QS_RETURN_IF_ERROR(ctx.tensor("h", Kind::FLOAT, {"*N", "C"}, &h));
   QS_RETURN_IF_ERROR(ctx.tensor("weight", Kind::FLOAT, {"V", "C"}, &weight));
@@ -338,13 +340,24 @@ static Status lmhead_xent_forward_op(OpContext& ctx) {
   int N = (int)ctx.sym("N"), C = (int)ctx.sym("C"), V = (int)ctx.sym("V");
   QS_RETURN_IF_ERROR(ctx.output("losses", targets.shape(), &losses));
   QS_RETURN_IF_ERROR(ctx.output("lse", DType::F32, targets.shape(), &lse));
+#ifdef QUIETSTAR_HAVE_CUDA
+  if (ctx.engine().device() == Device::CUDA) {
+    QS_CHECK_ARG(ctx.float_dtype() == DType::F32, "%s: the CUDA kernel takes f32 (got %s)", ctx.op(), dtype_name(ctx.float_dtype()));
+    Tensor scratch;  // (splits, N) per-row softmax statistics of the vocabulary splits
+    const size_t bytes = cuda::lmhead_xent_forward_scratch_bytes(N, V);
+    if (bytes > 0) QS_RETURN_IF_ERROR(ctx.engine().empty(DType::U8, {(int64_t)bytes}, &scratch));
+    return cuda::lmhead_xent_forward_f32(losses.data<float>(), lse.data<float>(), h.data<float>(), weight.data<float>(),
+                                         targets.data<int32_t>(), N, C, V, (int)ignore_index, ptr<uint8_t>(scratch),
+                                         ctx.engine().stream());
+  }
+#endif
+  QS_RETURN_IF_ERROR(ctx.require_cpu());
   QS_FOR_FLOAT(ctx, cpu::lmhead_xent_forward<T>(ptr<T>(losses), lse.data<float>(), ptr<T>(h), ptr<T>(weight),
                                                  targets.data<int32_t>(), N, C, V, (int)ignore_index, (int)chunk));
   return Status::Ok();
 }
 
 static Status lmhead_xent_backward_op(OpContext& ctx) {
-  QS_RETURN_IF_ERROR(ctx.require_cpu());
   Tensor dlosses, h, weight, targets, lse, dh, dweight;
   QS_RETURN_IF_ERROR(ctx.tensor("dlosses", Kind::FLOAT, {"*N"}, &dlosses));
   QS_RETURN_IF_ERROR(ctx.tensor("h", Kind::FLOAT, {"*N", "C"}, &h));
@@ -357,6 +370,22 @@ static Status lmhead_xent_backward_op(OpContext& ctx) {
   QS_RETURN_IF_ERROR(xent_attrs(ctx, &ignore_index, &chunk));
   QS_RETURN_IF_ERROR(ctx.check_range("targets", targets, 0, ctx.sym("V"), ignore_index));
   int N = (int)ctx.sym("N"), C = (int)ctx.sym("C"), V = (int)ctx.sym("V");
+#ifdef QUIETSTAR_HAVE_CUDA
+  if (ctx.engine().device() == Device::CUDA) {
+    QS_CHECK_ARG(ctx.float_dtype() == DType::F32, "%s: the CUDA kernel takes f32 (got %s)", ctx.op(), dtype_name(ctx.float_dtype()));
+    Tensor scratch;  // (N, chunk) gradient of the logits of one vocabulary chunk
+    const size_t bytes = cuda::lmhead_xent_backward_scratch_bytes(N, V, (int)chunk);
+    if (bytes > 0) QS_RETURN_IF_ERROR(ctx.engine().empty(DType::U8, {(int64_t)bytes}, &scratch));
+    QS_RETURN_IF_ERROR(cuda::lmhead_xent_backward_f32(ptr<float>(dh), ptr<float>(dweight), dlosses.data<float>(),
+                                                      h.data<float>(), weight.data<float>(), targets.data<int32_t>(),
+                                                      lse.data<float>(), N, C, V, (int)ignore_index, (int)chunk,
+                                                      ptr<uint8_t>(scratch), ctx.engine().stream()));
+    ctx.pass_through("dh", dh);
+    ctx.pass_through("dweight", dweight);
+    return Status::Ok();
+  }
+#endif
+  QS_RETURN_IF_ERROR(ctx.require_cpu());
   QS_FOR_FLOAT(ctx, cpu::lmhead_xent_backward<T>(ptr<T>(dh), ptr<T>(dweight), ptr<T>(dlosses), ptr<T>(h), ptr<T>(weight),
                                                   targets.data<int32_t>(), lse.data<float>(), N, C, V, (int)ignore_index,
                                                   (int)chunk));
@@ -378,12 +407,12 @@ void register_nn_ops(OpTable& t) {
   t["rmsnorm_backward"] = rmsnorm_backward_op;
   t["rope_forward"] = rope_forward_op;
   t["rope_backward"] = rope_backward_op;
-  t["gelu_forward"] = unary_forward_op<cpu::gelu_forward<float>, cpu::gelu_forward<double>>;
-  t["gelu_backward"] = unary_backward_op<cpu::gelu_backward<float>, cpu::gelu_backward<double>>;
-  t["silu_forward"] = unary_forward_op<cpu::silu_forward<float>, cpu::silu_forward<double>>;
-  t["silu_backward"] = unary_backward_op<cpu::silu_backward<float>, cpu::silu_backward<double>>;
-  t["relu_forward"] = unary_forward_op<cpu::relu_forward<float>, cpu::relu_forward<double>>;
-  t["relu_backward"] = unary_backward_op<cpu::relu_backward<float>, cpu::relu_backward<double>>;
+  t["gelu_forward"] = unary_forward_op<cpu::gelu_forward<float>, cpu::gelu_forward<double>, QS_CUDA_FN(gelu_forward)>;
+  t["gelu_backward"] = unary_backward_op<cpu::gelu_backward<float>, cpu::gelu_backward<double>, QS_CUDA_FN(gelu_backward)>;
+  t["silu_forward"] = unary_forward_op<cpu::silu_forward<float>, cpu::silu_forward<double>, QS_CUDA_FN(silu_forward)>;
+  t["silu_backward"] = unary_backward_op<cpu::silu_backward<float>, cpu::silu_backward<double>, QS_CUDA_FN(silu_backward)>;
+  t["relu_forward"] = unary_forward_op<cpu::relu_forward<float>, cpu::relu_forward<double>, QS_CUDA_FN(relu_forward)>;
+  t["relu_backward"] = unary_backward_op<cpu::relu_backward<float>, cpu::relu_backward<double>, QS_CUDA_FN(relu_backward)>;
   t["swiglu_forward"] = swiglu_forward_op;
   t["swiglu_backward"] = swiglu_backward_op;
   t["residual_forward"] = residual_forward_op;

@@ -30,6 +30,7 @@
 #include "cpu/sampling.h"
 #include "cpu/thought_sampling.h"
 #include "cuda/sampling.cuh"
+#include "cuda/tile_gemm.cuh"
 #include "quietstar/rng.h"
 
 namespace qs::cuda {
@@ -37,7 +38,7 @@ namespace qs::cuda {
 constexpr int kRows = 32;     // rows of h per block
 constexpr int kCols = 64;     // vocabulary ids per tile (a multiple of 4: a Philox group stays in one lane pair)
 constexpr int kDepth = 32;    // D per shared-memory step
-constexpr int kThreads = 256; // 8 warps; warp w owns rows w, w + 8, ... of the block
+constexpr int kThreads = kTileThreads; // 8 warps; warp w owns rows w, w + 8, ... of the block
 constexpr int kWarps = kThreads / 32;
 
 // A row's running state over part of the vocabulary.
@@ -149,33 +150,9 @@ __global__ void thought_sample_partial_kernel(RowPartial* part, const float* h, 
   for (int r = tid; r < kRows; r += kThreads) state[r] = empty_partial();
   __syncthreads();
 
-  // the gemm's thread layout: rows tr, tr + 16; columns tc + 16·j, j < 4
-  const int tr = tid / 16, tc = tid % 16;
   for (int tile = tile_begin; tile < tile_end; tile++) {
     const int v0 = tile * kCols;
-    float acc[2][4] = {};
-    for (int d0 = 0; d0 < D; d0 += kDepth) {
-      // hs (kRows, kDepth) = h[n0 :, d0 :], ws (kCols, kDepth) = W[v0 :, d0 :], zero-padded
-      for (int e = tid; e < kRows * kDepth; e += kThreads) {
-        const int r = e / kDepth, k = e % kDepth, n = n0 + r, d = d0 + k;
-        hs[r][k] = n < N && d < D ? h[(int64_t)n * D + d] : 0.f;
-      }
-      for (int e = tid; e < kCols * kDepth; e += kThreads) {
-        const int c = e / kDepth, k = e % kDepth, v = v0 + c, d = d0 + k;
-        ws[c][k] = v < V && d < D ? W[(int64_t)v * D + d] : 0.f;
-      }
-      __syncthreads();
-      for (int k = 0; k < kDepth; k++) {
-        for (int i = 0; i < 2; i++) {
-          const float a = hs[tr + 16 * i][k];
-          for (int j = 0; j < 4; j++) acc[i][j] += a * ws[tc + 16 * j][k];
-        }
-      }
-      __syncthreads();
-    }
-    for (int i = 0; i < 2; i++)
-      for (int j = 0; j < 4; j++) zs[tr + 16 * i][tc + 16 * j] = acc[i][j];
-    __syncthreads();
+    logits_tile<kRows, kCols, kDepth>(zs, hs, ws, h, W, N, D, V, n0, v0);  // zs (kRows, kCols)
     for (int r = warp; r < kRows; r += kWarps) {
       const int n = n0 + r;
       if (n >= N) break;
@@ -237,18 +214,8 @@ __global__ void thought_sample_merge_kernel(int32_t* tokens, float* logp, float*
 // ---------------------------------------------------------------------------------------------
 // launchers
 
-// The vocabulary splits for N rows: enough blocks for ~4 per SM, never more splits than tiles.
-static int thought_sample_splits(int N, int V) {
-  int device = 0, sms = 132;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
-    (void)cudaGetLastError();
-    sms = 132;
-  }
-  const int row_tiles = (N + kRows - 1) / kRows, tiles = (V + kCols - 1) / kCols;
-  int splits = (4 * sms + row_tiles - 1) / row_tiles;
-  return splits < 1 ? 1 : splits > tiles ? tiles : splits;
-}
+// The vocabulary splits for N rows (tile_gemm.cuh).
+static int thought_sample_splits(int N, int V) { return vocab_splits((N + kRows - 1) / kRows, (V + kCols - 1) / kCols); }
 
 // Device scratch the launcher needs for N rows and V ids.
 size_t thought_sample_scratch_bytes(int N, int V) {

@@ -1,5 +1,6 @@
 // engine_util.h: helpers of the native tests that run ops through an Engine
-// (test_sampling.cpp, test_thought_sampling.cpp, test_thought_attention.cpp).
+// (test_engine.cpp, test_sampling.cpp, test_thought_sampling.cpp, test_thought_attention.cpp,
+// test_cuda_kernels.cpp).
 //
 // Kept apart from test_util.h, which the CPU kernel tests use without the engine.
 #pragma once
@@ -12,10 +13,10 @@
 
 namespace qs_test {
 
-// A CPU engine; null (with the reason printed) when it cannot be made, so the test skips.
-inline std::unique_ptr<qs::Engine> make_engine() {
+// An engine on `device`; null (with the reason printed) when it cannot be made.
+inline std::unique_ptr<qs::Engine> make_engine(const char* device = "cpu") {
   qs::EngineOptions o;
-  o.device = "cpu";
+  o.device = device;
   std::unique_ptr<qs::Engine> e;
   qs::Status st = qs::Engine::create(o, &e);
   if (!st.ok()) fprintf(stdout, "    engine: %s\n", st.to_string().c_str());

@@ -25,6 +25,7 @@
 
 #include "cpu/sampling.h"
 #include "cpu/thought_sampling.h"
+#include "cuda_test_util.h"
 #include "harness.h"
 #include "quietstar/cuda_backend.h"
 #include "quietstar/engine.h"
@@ -40,34 +41,6 @@ constexpr double kTie = 1e-4;             // ... when the device computes its ow
 
 // ---------------------------------------------------------------------------------------------
 // helpers
-
-// A CUDA engine, or null with the reason in *why (the case then skips).
-static std::unique_ptr<qs::Engine> cuda_engine(std::string* why) {
-  const qs::cuda::RuntimeInfo& info = qs::cuda::probe();
-  if (!info.usable) {
-    *why = "no usable CUDA device: " + info.unavailable_reason;
-    return nullptr;
-  }
-  qs::EngineOptions o;
-  o.device = "cuda";
-  std::unique_ptr<qs::Engine> e;
-  qs::Status st = qs::Engine::create(o, &e);
-  if (!st.ok()) *why = "cuda engine: " + st.to_string();
-  return e;
-}
-
-// A device tensor holding `v`.
-template <typename T>
-static qs::Status device_tensor(qs::Engine& e, qs::DType dtype, qs::Shape shape, const std::vector<T>& v, qs::Tensor* t) {
-  QS_RETURN_IF_ERROR(e.empty(dtype, shape, t));
-  return v.empty() ? qs::Status::Ok() : e.upload(v.data(), v.size() * sizeof(T), *t);
-}
-
-template <typename T>
-static qs::Status fetch(qs::Engine& e, const qs::Tensor& t, std::vector<T>* v) {
-  v->resize(t.numel());
-  return e.download(t, v->data(), v->size() * sizeof(T));
-}
 
 // The noise keys of n rows: rows in [0, row_ids), positions in [0, max_position).
 struct Keys {

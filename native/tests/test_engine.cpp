@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cpu/activations.h"
+#include "engine_util.h"
 #include "harness.h"
 #include "quietstar/arena.h"
 #include "quietstar/cuda_backend.h"
@@ -16,14 +17,7 @@
 
 using namespace qs;
 
-static std::unique_ptr<Engine> make_engine(const char* device = "cpu") {
-  EngineOptions o;
-  o.device = device;
-  std::unique_ptr<Engine> e;
-  Status st = Engine::create(o, &e);
-  if (!st.ok()) fprintf(stdout, "    engine: %s\n", st.to_string().c_str());
-  return e;
-}
+using qs_test::make_engine;
 
 static Tensor host_tensor(Engine& e, DType dtype, Shape shape, const void* data) {
   Tensor t;
