@@ -38,7 +38,6 @@ static std::vector<std::string> weight_dims(cpu::WeightLayout layout) {
 }
 
 static Status linear_forward_op(OpContext& ctx) {
-  QS_RETURN_IF_ERROR(ctx.require_cpu());
   cpu::WeightLayout layout;
   QS_RETURN_IF_ERROR(parse_layout(ctx, &layout));
   Tensor inp, weight, bias, out;
@@ -47,12 +46,12 @@ static Status linear_forward_op(OpContext& ctx) {
   QS_RETURN_IF_ERROR(ctx.tensor("bias", Kind::FLOAT, {"N"}, &bias, true));
   int M = (int)ctx.sym("M"), K = (int)ctx.sym("K"), N = (int)ctx.sym("N");
   QS_RETURN_IF_ERROR(ctx.output("out", lead_shape(inp, 1, {N}), &out));
-  QS_FOR_FLOAT(ctx, cpu::linear_forward<T>(ptr<T>(out), ptr<T>(inp), ptr<T>(weight), ptr<T>(bias), M, K, N, layout));
+  QS_CUDA_OR_CPU(ctx, (cuda::linear_forward(ptr<float>(out), ptr<float>(inp), ptr<float>(weight), ptr<float>(bias), M, K, N, layout, ctx.engine().stream())),
+                 QS_FOR_FLOAT(ctx, cpu::linear_forward<T>(ptr<T>(out), ptr<T>(inp), ptr<T>(weight), ptr<T>(bias), M, K, N, layout)));
   return Status::Ok();
 }
 
 static Status linear_backward_op(OpContext& ctx) {
-  QS_RETURN_IF_ERROR(ctx.require_cpu());
   cpu::WeightLayout layout;
   QS_RETURN_IF_ERROR(parse_layout(ctx, &layout));
   Tensor dout, inp, weight, dinp, dweight, dbias;
@@ -63,8 +62,10 @@ static Status linear_backward_op(OpContext& ctx) {
   QS_RETURN_IF_ERROR(ctx.tensor("dweight", Kind::FLOAT, weight_dims(layout), &dweight, true));
   QS_RETURN_IF_ERROR(ctx.tensor("dbias", Kind::FLOAT, {"N"}, &dbias, true));
   int M = (int)ctx.sym("M"), K = (int)ctx.sym("K"), N = (int)ctx.sym("N");
-  QS_FOR_FLOAT(ctx, cpu::linear_backward<T>(ptr<T>(dinp), ptr<T>(dweight), ptr<T>(dbias), ptr<T>(dout), ptr<T>(inp),
-                                             ptr<T>(weight), M, K, N, layout));
+  QS_CUDA_OR_CPU(ctx, (cuda::linear_backward(ptr<float>(dinp), ptr<float>(dweight), ptr<float>(dbias), ptr<float>(dout), ptr<float>(inp),
+                                             ptr<float>(weight), M, K, N, layout, ctx.engine().stream())),
+                 QS_FOR_FLOAT(ctx, cpu::linear_backward<T>(ptr<T>(dinp), ptr<T>(dweight), ptr<T>(dbias), ptr<T>(dout), ptr<T>(inp),
+                                                           ptr<T>(weight), M, K, N, layout)));
   ctx.pass_through("dinp", dinp);
   ctx.pass_through("dweight", dweight);
   ctx.pass_through("dbias", dbias);

@@ -5,13 +5,15 @@
 #include "cpu/convert.h"
 #include "cpu/gemm.h"
 #include "quietstar/cuda_backend.h"
+#ifdef QUIETSTAR_HAVE_CUDA
+#include "cuda/kernels_nn.h"
+#endif
 
 namespace qs {
 
 // c (M, N) = alpha · op(a) · op(b) + beta · c. Without 'c' a new output is made (beta ignored);
 // with 'c' it is updated in place and returned.
 static Status gemm_op(OpContext& ctx) {
-  QS_RETURN_IF_ERROR(ctx.require_cpu());
   bool ta = ctx.number_or("transA", 0) != 0, tb = ctx.number_or("transB", 0) != 0;
   Tensor a, b, c;
   QS_RETURN_IF_ERROR(ctx.tensor("a", Kind::FLOAT, ta ? std::vector<std::string>{"K", "M"} : std::vector<std::string>{"M", "K"}, &a));
@@ -21,14 +23,15 @@ static Status gemm_op(OpContext& ctx) {
   double alpha = ctx.number_or("alpha", 1.0), beta = ctx.number_or("beta", 0.0);
   if (c.defined()) ctx.pass_through("c", c);
   else { QS_RETURN_IF_ERROR(ctx.output("c", {M, N}, &c)); beta = 0; }
-  QS_FOR_FLOAT(ctx, cpu::gemm<T>(ta, tb, M, N, K, (T)alpha, ptr<T>(a), ta ? M : K, ptr<T>(b), tb ? K : N, (T)beta,
-                                  ptr<T>(c), N));
+  QS_CUDA_OR_CPU(ctx, (cuda::gemm(ta, tb, M, N, K, (float)alpha, ptr<float>(a), ta ? M : K, ptr<float>(b), tb ? K : N,
+                                  (float)beta, ptr<float>(c), N, ctx.engine().stream())),
+                 QS_FOR_FLOAT(ctx, cpu::gemm<T>(ta, tb, M, N, K, (T)alpha, ptr<T>(a), ta ? M : K, ptr<T>(b), tb ? K : N,
+                                                (T)beta, ptr<T>(c), N)));
   return Status::Ok();
 }
 
 // Batched: a (Bt, M, K), b (Bt, K, N) (or transposed per flag) -> c (Bt, M, N).
 static Status gemm_batched_op(OpContext& ctx) {
-  QS_RETURN_IF_ERROR(ctx.require_cpu());
   bool ta = ctx.number_or("transA", 0) != 0, tb = ctx.number_or("transB", 0) != 0;
   Tensor a, b, c;
   QS_RETURN_IF_ERROR(ctx.tensor("a", Kind::FLOAT, ta ? std::vector<std::string>{"Bt", "K", "M"} : std::vector<std::string>{"Bt", "M", "K"}, &a));
@@ -38,14 +41,18 @@ static Status gemm_batched_op(OpContext& ctx) {
   double alpha = ctx.number_or("alpha", 1.0), beta = ctx.number_or("beta", 0.0);
   if (c.defined()) ctx.pass_through("c", c);
   else { QS_RETURN_IF_ERROR(ctx.output("c", {Bt, M, N}, &c)); beta = 0; }
-  QS_FOR_FLOAT(ctx, cpu::gemm_batched<T>(ta, tb, Bt, M, N, K, (T)alpha, ptr<T>(a), ta ? M : K, (int64_t)M * K, ptr<T>(b),
-                                          tb ? K : N, (int64_t)K * N, (T)beta, ptr<T>(c), N, (int64_t)M * N));
+  QS_CUDA_OR_CPU(ctx, (cuda::gemm_batched(ta, tb, Bt, M, N, K, (float)alpha, ptr<float>(a), ta ? M : K, (int64_t)M * K,
+                                          ptr<float>(b), tb ? K : N, (int64_t)K * N, (float)beta, ptr<float>(c), N,
+                                          (int64_t)M * N, ctx.engine().stream())),
+                 QS_FOR_FLOAT(ctx, cpu::gemm_batched<T>(ta, tb, Bt, M, N, K, (T)alpha, ptr<T>(a), ta ? M : K, (int64_t)M * K,
+                                                        ptr<T>(b), tb ? K : N, (int64_t)K * N, (T)beta, ptr<T>(c), N,
+                                                        (int64_t)M * N)));
   return Status::Ok();
 }
 
-// y = x converted to 'dtype' (f32 <-> f64, bf16, f16).
+// y = x converted to 'dtype' (f32 <-> f64, bf16, f16). Not QS_CUDA_OR_CPU: its f32-only check
+// is about the engine's float dtype, while convert's dtypes are its arguments (f64 included).
 static Status convert_op(OpContext& ctx) {
-  QS_RETURN_IF_ERROR(ctx.require_cpu());
   Tensor x, y;
   QS_RETURN_IF_ERROR(ctx.tensor("x", Kind::ANY, {"*N"}, &x));
   std::string name;
@@ -58,6 +65,13 @@ static Status convert_op(OpContext& ctx) {
                dtype_name(from), dtype_name(to));
   QS_RETURN_IF_ERROR(ctx.output("y", to, x.shape(), &y));
   int64_t n = x.numel();
+  if (ctx.engine().device() == Device::CUDA) {
+#ifdef QUIETSTAR_HAVE_CUDA
+    if (from == to) return cuda::memcpy_d2d(y.raw(), x.raw(), x.nbytes(), ctx.engine().stream());
+    return cuda::convert(y.raw(), to, x.raw(), from, n, ctx.engine().stream());
+#endif
+  }
+  QS_RETURN_IF_ERROR(ctx.require_cpu());
   if (from == to) { std::memcpy(y.raw(), x.raw(), x.nbytes()); return Status::Ok(); }
   // Go through f32 (exact for bf16/f16 -> f32; f64 -> f32 rounds once).
   std::vector<float> tmp;

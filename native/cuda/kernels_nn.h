@@ -1,6 +1,7 @@
 // kernels_nn.h: launchers of the CUDA twins of the elementwise / normalisation / optimizer
 // kernels (embedding.cu, layernorm.cu, rmsnorm.cu, rope.cu, activations.cu, adamw.cu,
-// lmhead_xent.cu).
+// lmhead_xent.cu) and of the dense products and dtype conversion (gemm.cu, linear.cu,
+// convert.cu).
 //
 // Plain C++ (no CUDA headers) so the op layer and the tests can include it. Every launcher
 // takes device pointers, f32 only, enqueues on `stream` (the engine's cudaStream_t) and returns
@@ -13,6 +14,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "cpu/linear.h"
+#include "quietstar/dtype.h"
 #include "quietstar/status.h"
 
 namespace qs::cuda {
@@ -70,5 +73,25 @@ Status lmhead_xent_forward_f32(float* losses, float* lse, const float* h, const 
 Status lmhead_xent_backward_f32(float* dh, float* dW, const float* dlosses, const float* h, const float* W,
                                 const int32_t* targets, const float* lse, int N, int D, int V, int ignore_index,
                                 int chunk, void* scratch, void* stream);
+
+// gemm.cu: C[M,N] = alpha op(A) op(B) + beta C, the cpu/gemm.h contract (beta = 0 overwrites C).
+// Own tiled kernel, fixed summation order: deterministic.
+Status gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
+            int ldb, float beta, float* C, int ldc, void* stream);
+Status gemm_batched(bool trans_a, bool trans_b, int batch, int M, int N, int K, float alpha, const float* A, int lda,
+                    int64_t stride_a, const float* B, int ldb, int64_t stride_b, float beta, float* C, int ldc,
+                    int64_t stride_c, void* stream);
+// gemm plus bias[N] (or null) added to every row of the product (linear_forward's epilogue)
+Status gemm_bias(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+                 const float* B, int ldb, float beta, float* C, int ldc, const float* bias, void* stream);
+
+// linear.cu: out (M,N), inp (M,K), weight (N,K) OutIn or (K,N) InOut, bias (N) or null
+Status linear_forward(float* out, const float* inp, const float* weight, const float* bias, int M, int K, int N,
+                      cpu::WeightLayout layout, void* stream);
+Status linear_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                       const float* weight, int M, int K, int N, cpu::WeightLayout layout, void* stream);
+
+// convert.cu: out (n, dtype to) = inp (n, dtype from), any pair of F32, F64, BF16, F16 (as the CPU op)
+Status convert(void* out, DType to, const void* inp, DType from, int64_t n, void* stream);
 
 }  // namespace qs::cuda

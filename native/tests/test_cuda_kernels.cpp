@@ -1,5 +1,6 @@
 // test_cuda_kernels.cpp: the f32 CUDA twins of the elementwise / normalisation kernels
-// (native/cuda/{embedding,layernorm,rmsnorm,rope,activations}.cu) against their CPU twins.
+// (native/cuda/{embedding,layernorm,rmsnorm,rope,activations}.cu) and of the dense products and
+// conversions (gemm.cu, linear.cu, convert.cu) against their CPU twins.
 //
 // Each case runs the same op, with the same random inputs, on a CPU engine and on a CUDA engine
 // and compares every output (forward results, saved statistics, and the gradients a backward op
@@ -8,12 +9,13 @@
 // over one block. The max abs / rel error is printed per output. Tolerances are f32's: the
 // twins use the same formulas but another summation order (warp trees vs SIMD lanes) and
 // CUDA's expf / sincos. Embedding backward must match exactly: the device sums each table
-// row in the CPU's order (see embedding.cu). Skipped, with the probe's reason, without a GPU.
+// row in the CPU's order (see embedding.cu); so must convert, bit for bit. Skipped, with the probe's reason, without a GPU.
 #include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "cpu/convert.h"
 #include "engine_util.h"
 #include "harness.h"
 #include "quietstar/cuda_backend.h"
@@ -32,6 +34,7 @@ struct Input {
   Shape shape;
   std::vector<float> f;    // F32 data
   std::vector<int32_t> i;  // I32 data
+  std::vector<uint8_t> raw = {};  // data of any other dtype, as bytes
 };
 
 using qs_test::make_engine;
@@ -53,16 +56,21 @@ Input ints(Rng& rng, Shape shape, int hi) {
 }
 
 // Runs op on engine e with the inputs; returns every output downloaded as float.
+// 2-byte outputs (bf16, f16) come back as their bit patterns, to be compared exactly.
 Status run(Engine& e, const char* op, const std::map<std::string, Input>& inputs,
-           const std::map<std::string, double>& numbers, std::map<std::string, std::vector<double>>* got) {
+           const std::map<std::string, double>& numbers, std::map<std::string, std::vector<double>>* got,
+           const std::map<std::string, std::string>& strings = {}) {
   return e.run_sync([&]() -> Status {
     OpArgs args;
     args.numbers = numbers;
+    args.strings = strings;
     for (auto& [name, in] : inputs) {
       Tensor& t = args.tensors[name];
       QS_RETURN_IF_ERROR(e.empty(in.dtype, in.shape, &t));
-      const void* src = in.dtype == DType::F32 ? (const void*)in.f.data() : (const void*)in.i.data();
-      QS_RETURN_IF_ERROR(e.upload(src, numel(in.shape) * 4, t));
+      const void* src = in.dtype == DType::F32 ? (const void*)in.f.data()
+                        : in.dtype == DType::I32 ? (const void*)in.i.data()
+                                                 : (const void*)in.raw.data();
+      QS_RETURN_IF_ERROR(e.upload(src, numel(in.shape) * dtype_size(in.dtype), t));
     }
     OpOutputs out;
     QS_RETURN_IF_ERROR(run_op(e, op, args, &out));
@@ -73,6 +81,10 @@ Status run(Engine& e, const char* op, const std::map<std::string, Input>& inputs
       v.resize(n);
       if (t.dtype() == DType::F64) {
         QS_RETURN_IF_ERROR(e.download(t, v.data(), n * 8));
+      } else if (dtype_size(t.dtype()) == 2) {
+        std::vector<uint16_t> h(n);
+        QS_RETURN_IF_ERROR(e.download(t, h.data(), n * 2));
+        for (int64_t k = 0; k < n; k++) v[k] = h[k];
       } else {
         std::vector<float> f(n);
         QS_RETURN_IF_ERROR(e.download(t, f.data(), n * 4));
@@ -86,11 +98,11 @@ Status run(Engine& e, const char* op, const std::map<std::string, Input>& inputs
 // The op on both engines; every output of the CPU run must be matched by the CUDA run.
 void compare(Engine& cpu, Engine& gpu, const char* op, const std::string& shape,
              const std::map<std::string, Input>& inputs, const std::map<std::string, double>& numbers = {},
-             double rtol = kRtol, double atol = kAtol) {
+             double rtol = kRtol, double atol = kAtol, const std::map<std::string, std::string>& strings = {}) {
   std::map<std::string, std::vector<double>> want, got;
-  Status st = run(cpu, op, inputs, numbers, &want);
+  Status st = run(cpu, op, inputs, numbers, &want, strings);
   QS_EXPECT(st.ok(), "%s cpu: %s", op, st.to_string().c_str());
-  st = run(gpu, op, inputs, numbers, &got);
+  st = run(gpu, op, inputs, numbers, &got, strings);
   QS_EXPECT(st.ok(), "%s cuda: %s", op, st.to_string().c_str());
   if (!st.ok()) return;
   for (auto& [name, w] : want) {
@@ -232,6 +244,127 @@ QS_TEST(cuda_optimizer_matches_cpu) {
     // maxNorm below the norm (the gradients are scaled) and above it (left alone)
     for (double max_norm : {0.5, 1e6}) {
       compare(*es.cpu, *es.gpu, "clip_grad_norm", shape, {{"grads", floats(rng, {n})}}, {{"maxNorm", max_norm}});
+    }
+  }
+}
+
+// f32 sums of up to 257 products of O(1) terms in another order: absolute error ~ K·eps
+constexpr double kGemmRtol = 1e-4, kGemmAtol = 2e-4;
+const int kGemmSizes[] = {1, 17, 65, 130, 257};  // 1, odd, just over one 64-tile, two tiles + 2, four + 1
+
+QS_TEST(cuda_gemm_matches_cpu) {
+  QS_REQUIRE_GPU();
+  for (int s : kGemmSizes) {
+    // square, and a mixed shape whose M, N, K all differ (transposes must use the right stride)
+    int next = s == 257 ? 1 : s * 2 + 1;
+    struct { int M, N, K; } shapes[] = {{s, s, s}, {s, next, 65}, {17, s, next}};
+    for (auto sh : shapes) {
+      std::string shape = "M=" + std::to_string(sh.M) + " N=" + std::to_string(sh.N) + " K=" + std::to_string(sh.K);
+      Rng rng(sh.M * 1009 + sh.N * 31 + sh.K);
+      for (int ta = 0; ta < 2; ta++) {
+        for (int tb = 0; tb < 2; tb++) {
+          Input a = floats(rng, ta ? Shape{sh.K, sh.M} : Shape{sh.M, sh.K});
+          Input b = floats(rng, tb ? Shape{sh.N, sh.K} : Shape{sh.K, sh.N});
+          std::string label = shape + " tA=" + std::to_string(ta) + " tB=" + std::to_string(tb);
+          std::map<std::string, double> flags = {{"transA", ta}, {"transB", tb}};
+          // a new c
+          compare(*es.cpu, *es.gpu, "gemm", label, {{"a", a}, {"b", b}}, flags, kGemmRtol, kGemmAtol);
+          // c updated in place: alpha, beta
+          auto ab = flags;
+          ab["alpha"] = 0.5, ab["beta"] = 1.5;
+          compare(*es.cpu, *es.gpu, "gemm", label + " alpha=0.5 beta=1.5",
+                  {{"a", a}, {"b", b}, {"c", floats(rng, {sh.M, sh.N})}}, ab, kGemmRtol, kGemmAtol);
+          // beta = 0 overwrites c: its NaNs must not reach the result
+          Input c_nan = floats(rng, {sh.M, sh.N});
+          for (auto& x : c_nan.f) x = std::nanf("");
+          auto a2 = flags;
+          a2["alpha"] = -2.0, a2["beta"] = 0.0;
+          compare(*es.cpu, *es.gpu, "gemm", label + " alpha=-2 beta=0 c=NaN", {{"a", a}, {"b", b}, {"c", c_nan}}, a2,
+                  kGemmRtol, kGemmAtol);
+        }
+      }
+    }
+  }
+}
+
+QS_TEST(cuda_gemm_batched_matches_cpu) {
+  QS_REQUIRE_GPU();
+  struct { int Bt, M, N, K; } shapes[] = {{1, 1, 1, 1}, {3, 17, 65, 130}, {2, 130, 17, 257}, {5, 65, 257, 17}};
+  for (auto sh : shapes) {
+    Rng rng(sh.Bt * 7 + sh.M * 3 + sh.N + sh.K);
+    std::string shape = "Bt=" + std::to_string(sh.Bt) + " M=" + std::to_string(sh.M) + " N=" + std::to_string(sh.N) +
+                        " K=" + std::to_string(sh.K);
+    for (int ta = 0; ta < 2; ta++) {
+      for (int tb = 0; tb < 2; tb++) {
+        Input a = floats(rng, ta ? Shape{sh.Bt, sh.K, sh.M} : Shape{sh.Bt, sh.M, sh.K});
+        Input b = floats(rng, tb ? Shape{sh.Bt, sh.N, sh.K} : Shape{sh.Bt, sh.K, sh.N});
+        std::string label = shape + " tA=" + std::to_string(ta) + " tB=" + std::to_string(tb);
+        compare(*es.cpu, *es.gpu, "gemm_batched", label, {{"a", a}, {"b", b}}, {{"transA", ta}, {"transB", tb}},
+                kGemmRtol, kGemmAtol);
+        compare(*es.cpu, *es.gpu, "gemm_batched", label + " alpha=0.5 beta=1.5",
+                {{"a", a}, {"b", b}, {"c", floats(rng, {sh.Bt, sh.M, sh.N})}},
+                {{"transA", ta}, {"transB", tb}, {"alpha", 0.5}, {"beta", 1.5}}, kGemmRtol, kGemmAtol);
+      }
+    }
+  }
+}
+
+QS_TEST(cuda_linear_matches_cpu) {
+  QS_REQUIRE_GPU();
+  struct { int64_t M, K, N; } shapes[] = {{1, 1, 1}, {17, 65, 130}, {130, 257, 17}, {3, 768, 65}};
+  for (auto sh : shapes) {
+    for (const char* layout : {"out_in", "in_out"}) {
+      Rng rng(sh.M * 17 + sh.K * 5 + sh.N);
+      std::string shape = "M=" + std::to_string(sh.M) + " K=" + std::to_string(sh.K) + " N=" + std::to_string(sh.N) +
+                          " " + layout;
+      Shape wshape = std::string(layout) == "out_in" ? Shape{sh.N, sh.K} : Shape{sh.K, sh.N};
+      Input inp = floats(rng, {sh.M, sh.K}), w = floats(rng, wshape), bias = floats(rng, {sh.N});
+      Input dout = floats(rng, {sh.M, sh.N});
+      std::map<std::string, std::string> strs = {{"layout", layout}};
+      compare(*es.cpu, *es.gpu, "linear_forward", shape + " bias", {{"inp", inp}, {"weight", w}, {"bias", bias}}, {},
+              kGemmRtol, kGemmAtol, strs);
+      compare(*es.cpu, *es.gpu, "linear_forward", shape, {{"inp", inp}, {"weight", w}}, {}, kGemmRtol, kGemmAtol, strs);
+      // gradients start non-zero (+= is checked); then without dbias (skipped, no bias layer)
+      std::map<std::string, Input> bwd = {{"dout", dout}, {"inp", inp}, {"weight", w},
+                                          {"dinp", floats(rng, {sh.M, sh.K})}, {"dweight", floats(rng, wshape)}};
+      compare(*es.cpu, *es.gpu, "linear_backward", shape, bwd, {}, kGemmRtol, kGemmAtol, strs);
+      bwd["dbias"] = floats(rng, {sh.N});
+      compare(*es.cpu, *es.gpu, "linear_backward", shape + " dbias", bwd, {}, kGemmRtol, kGemmAtol, strs);
+    }
+  }
+}
+
+// x (n) in `to` as bytes, converted on the host by the CPU routines (inputs of the convert cases).
+Input as_dtype(const Input& x, DType to) {
+  int64_t n = (int64_t)x.f.size();
+  Input out{to, x.shape, {}, {}, std::vector<uint8_t>(n * dtype_size(to))};
+  if (to == DType::F64) {
+    for (int64_t k = 0; k < n; k++) ((double*)out.raw.data())[k] = (double)x.f[k] * (1 + 1e-9);  // not f32-exact
+  } else if (to == DType::BF16) {
+    cpu::f32_to_bf16((uint16_t*)out.raw.data(), x.f.data(), n);
+  } else {
+    cpu::f32_to_f16((uint16_t*)out.raw.data(), x.f.data(), n);
+  }
+  return out;
+}
+
+QS_TEST(cuda_convert_matches_cpu) {
+  QS_REQUIRE_GPU();
+  for (int64_t n : {1, 33, 1029, 100003}) {
+    Rng rng(n * 19 + 3);
+    Input x = floats(rng, {n}, 4.0);
+    // the edges of f16: overflow to inf, subnormals, signed zero, a bf16 rounding tie
+    const float edge[] = {1e5f, -7e4f, 3e-6f, -6e-8f, 0.0f, -0.0f, 1.00390625f};
+    for (size_t k = 0; k < sizeof(edge) / sizeof(edge[0]) && k < (size_t)n; k++) x.f[k] = edge[k];
+    std::string shape = "n=" + std::to_string(n);
+    const std::pair<DType, const char*> kinds[] = {
+        {DType::F32, "f32"}, {DType::F64, "f64"}, {DType::BF16, "bf16"}, {DType::F16, "f16"}};
+    for (auto [from, from_name] : kinds) {
+      Input src = from == DType::F32 ? x : as_dtype(x, from);
+      for (auto [to, to_name] : kinds) {
+        compare(*es.cpu, *es.gpu, "convert", shape + " " + from_name + "->" + to_name, {{"x", src}}, {}, 0, 0,
+                {{"dtype", to_name}});
+      }
     }
   }
 }
