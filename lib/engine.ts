@@ -182,6 +182,14 @@ export class Engine {
     return { device: this.device, ...this.native.memory() };
   }
 
+  /**
+   * Gives the device memory cached for reuse (freed tensors' blocks) back to the GPU, e.g. before
+   * another program or engine needs it; returns the bytes released (0 on the CPU).
+   */
+  releaseCachedMemory(): number {
+    return this.native.releaseCachedMemory();
+  }
+
   /** Waits for every queued job (and, on CUDA, the stream). */
   async synchronize(): Promise<void> {
     await this.native.synchronize();

@@ -169,6 +169,7 @@ export interface NativeEngine {
   read(tensor: NativeTensor): Promise<ArrayBuffer>;
   readSync(tensor: NativeTensor): ArrayBuffer;
   memory(): NativeMemory;
+  releaseCachedMemory(): number;
   synchronize(): Promise<void>;
   debugSleep(ms: number): Promise<void>;
   createParameters(

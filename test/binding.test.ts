@@ -99,6 +99,8 @@ test('use after dispose throws DISPOSED; dispose is idempotent and frees memory'
   t.true(x.disposed);
   await e.synchronize(); // the release runs after jobs already queued
   t.is(e.memory().hostBytes, before);
+  t.is(e.releaseCachedMemory(), 0); // the CPU caches no device memory
+  t.is(e.memory().deviceCachedBytes ?? 0, 0);
   t.throws(() => x.dataSync(), { instanceOf: QuietstarError, message: /disposed/ });
   const err = await t.throwsAsync(e.ops.geluForward({ inp: x }));
   t.is((err as QuietstarError).code, 'DISPOSED');

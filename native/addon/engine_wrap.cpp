@@ -47,6 +47,7 @@ Napi::Function EngineWrap::Init(Napi::Env env) {
                       InstanceMethod<&EngineWrap::Read>("read"),
                       InstanceMethod<&EngineWrap::ReadSync>("readSync"),
                       InstanceMethod<&EngineWrap::Memory>("memory"),
+                      InstanceMethod<&EngineWrap::ReleaseCachedMemory>("releaseCachedMemory"),
                       InstanceMethod<&EngineWrap::Synchronize>("synchronize"),
                       InstanceMethod<&EngineWrap::Sleep>("debugSleep"),
                       InstanceMethod<&EngineWrap::CreateParameters>("createParameters"),
@@ -419,6 +420,13 @@ Napi::Value EngineWrap::ReadSync(const Napi::CallbackInfo& info) {
   Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, bytes);
   if (bytes) std::memcpy(buffer.Data(), slot->tensor.raw(), bytes);
   return buffer;
+}
+
+// releaseCachedMemory(): number — bytes of cached device memory given back (0 on the CPU or
+// after dispose). Safe from the JS thread: the allocator has its own lock.
+Napi::Value EngineWrap::ReleaseCachedMemory(const Napi::CallbackInfo& info) {
+  if (destroyed_ || !engine_) return Napi::Number::New(info.Env(), 0);
+  return Napi::Number::New(info.Env(), (double)engine_->release_cached_memory());
 }
 
 Napi::Value EngineWrap::Memory(const Napi::CallbackInfo& info) {

@@ -65,6 +65,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   Napi::Value Read(const Napi::CallbackInfo& info);
   Napi::Value ReadSync(const Napi::CallbackInfo& info);
   Napi::Value Memory(const Napi::CallbackInfo& info);
+  Napi::Value ReleaseCachedMemory(const Napi::CallbackInfo& info);
   Napi::Value Synchronize(const Napi::CallbackInfo& info);
   Napi::Value Sleep(const Napi::CallbackInfo& info);
   Napi::Value CreateParameters(const Napi::CallbackInfo& info);
