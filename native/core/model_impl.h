@@ -18,6 +18,10 @@ Status check_tokens(const char* what, const char* name, const Tensor& t, int64_t
                     bool allow_ignore, const char* range_field);
 // ids (B, T) (and targets when given) for a training or inference call, plus the device.
 Status check_batch(const ModelConfig& config, Engine& engine, const char* what, const Tensor& ids, const Tensor* targets);
+// One KV-cached decode step's inputs: ids and positions (B, n) int32 in range, valid (B, n) u8
+// or undefined, n >= 1, and room for n more slots (used + n <= capacity).
+Status check_decode_step(const ModelConfig& config, const char* what, const Tensor& ids, const Tensor& positions,
+                         const Tensor& valid, int B, int used, int capacity);
 
 // The counter-based initialisation (model.cpp): x[k] ~ N(0, stddev), each value a function of
 // (key, k) only; keys are splitmix64(seed ^ splitmix64(view + 1)).

@@ -343,27 +343,33 @@ Status Model::Impl::reset_cache(const ModelConfig& c, int B_, int max_len) {
   return kv_reset<T>(*engine, c, cache, B_, max_len, "Model.resetCache");
 }
 
+Status check_decode_step(const ModelConfig& c, const char* what, const Tensor& ids_t, const Tensor& pos_t,
+                         const Tensor& valid_t, int B, int used, int capacity) {
+  QS_CHECK_ARG(ids_t.defined() && ids_t.rank() == 2, "%s: 'ids' must have shape [B, n] (got %s)", what,
+               ids_t.defined() ? ids_t.describe().c_str() : "nothing");
+  const int n = (int)ids_t.dim(1);
+  QS_CHECK_ARG(ids_t.dim(0) == B, "%s: 'ids' has %lld rows but the cache was reset for B = %d", what,
+               (long long)ids_t.dim(0), B);
+  QS_CHECK_ARG(n >= 1, "%s: 'ids' must hold at least one slot per row (got %s)", what, ids_t.describe().c_str());
+  QS_CHECK_ARG(used + n <= capacity, "%s: the cache is full: %d slots used + %d new > maxLen %d", what, used, n, capacity);
+  QS_RETURN_IF_ERROR(check_tokens(what, "ids", ids_t, B, n, 0, c.vocab_size, false, "config.vocabSize"));
+  QS_RETURN_IF_ERROR(check_tokens(what, "positions", pos_t, B, n, 0, c.max_seq_len, false, "config.maxSeqLen"));
+  if (valid_t.defined()) {
+    QS_CHECK_ARG(valid_t.dtype() == DType::U8 && valid_t.device() == Device::CPU && valid_t.rank() == 2 &&
+                     valid_t.dim(0) == B && valid_t.dim(1) == n,
+                 "%s: 'valid' must be a u8 tensor of shape [%d, %d] (got %s)", what, B, n, valid_t.describe().c_str());
+  }
+  return Status::Ok();
+}
+
 template <typename T>
 Status Model::Impl::decode(const ModelConfig& c, ParamSet& p, const Tensor& ids_t, const Tensor& pos_t, const Tensor& valid_t,
                            Tensor* out_t) {
   const char* what = "Model.decode";
   QS_RETURN_IF_ERROR(require_cpu(*engine, what));
   QS_CHECK_ARG(cache.B > 0, "%s: no KV cache (call resetCache(B, maxLen) first)", what);
-  QS_CHECK_ARG(ids_t.defined() && ids_t.rank() == 2, "%s: 'ids' must have shape [B, n] (got %s)", what,
-               ids_t.defined() ? ids_t.describe().c_str() : "nothing");
+  QS_RETURN_IF_ERROR(check_decode_step(c, what, ids_t, pos_t, valid_t, cache.B, cache.len, cache.max));
   const int B_ = cache.B, n = (int)ids_t.dim(1);
-  QS_CHECK_ARG(ids_t.dim(0) == B_, "%s: 'ids' has %lld rows but the cache was reset for B = %d", what,
-               (long long)ids_t.dim(0), B_);
-  QS_CHECK_ARG(n >= 1, "%s: 'ids' must hold at least one slot per row (got %s)", what, ids_t.describe().c_str());
-  QS_CHECK_ARG(cache.len + n <= cache.max, "%s: the cache is full: %d slots used + %d new > maxLen %d", what, cache.len, n,
-               cache.max);
-  QS_RETURN_IF_ERROR(check_tokens(what, "ids", ids_t, B_, n, 0, c.vocab_size, false, "config.vocabSize"));
-  QS_RETURN_IF_ERROR(check_tokens(what, "positions", pos_t, B_, n, 0, c.max_seq_len, false, "config.maxSeqLen"));
-  if (valid_t.defined()) {
-    QS_CHECK_ARG(valid_t.dtype() == DType::U8 && valid_t.device() == Device::CPU && valid_t.rank() == 2 &&
-                     valid_t.dim(0) == B_ && valid_t.dim(1) == n,
-                 "%s: 'valid' must be a u8 tensor of shape [%d, %d] (got %s)", what, B_, n, valid_t.describe().c_str());
-  }
   const int N = B_ * n;
   Tensor out;
   QS_RETURN_IF_ERROR(engine->empty(p.params().dtype(), {B_, c.vocab_size}, &out));

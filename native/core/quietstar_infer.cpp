@@ -114,22 +114,9 @@ Status QuietStar::Impl::think_decode(const ModelConfig& c, const QuietStarOption
   const char* what = "QuietStar.thinkDecode";
   KvCache& kv = think_kv;
   QS_CHECK_ARG(kv.B > 0, "%s: no thinking cache (call thinkResetCache(B, maxLen) first)", what);
-  QS_CHECK_ARG(ids_t.defined() && ids_t.rank() == 2, "%s: 'ids' must have shape [B, n] (got %s)", what,
-               ids_t.defined() ? ids_t.describe().c_str() : "nothing");
+  QS_RETURN_IF_ERROR(check_decode_step(c, what, ids_t, pos_t, valid_t, kv.B, kv.len, think_text_max));
   const int B = kv.B, n = (int)ids_t.dim(1), D = c.d_model, V = c.vocab_size;
   const int N = o.n_ahead, M = o.thought_tokens(), L = N == 1 ? 0 : N - 1;  // branch slots
-  QS_CHECK_ARG(ids_t.dim(0) == B, "%s: 'ids' has %lld rows but the cache was reset for B = %d", what,
-               (long long)ids_t.dim(0), B);
-  QS_CHECK_ARG(n >= 1, "%s: 'ids' must hold at least one slot per row (got %s)", what, ids_t.describe().c_str());
-  QS_CHECK_ARG(kv.len + n <= think_text_max, "%s: the cache is full: %d text slots used + %d new > maxLen %d", what, kv.len,
-               n, think_text_max);
-  QS_RETURN_IF_ERROR(check_tokens(what, "ids", ids_t, B, n, 0, V, false, "config.vocabSize"));
-  QS_RETURN_IF_ERROR(check_tokens(what, "positions", pos_t, B, n, 0, c.max_seq_len, false, "config.maxSeqLen"));
-  const Shape bn{B, n};
-  if (valid_t.defined())
-    QS_CHECK_ARG(valid_t.dtype() == DType::U8 && valid_t.device() == Device::CPU && valid_t.shape() == bn,
-                 "%s: 'valid' must be a u8 tensor of shape [%d, %d] on the CPU (got %s)", what, B, n,
-                 valid_t.describe().c_str());
   std::vector<int32_t> rid, tpos(B);  // noise row id and last text position of each row
   QS_RETURN_IF_ERROR(noise_rows(what, rows_t, B, 1, &rid));
   for (int b = 0; b < B; b++) tpos[b] = pos_t.data<int32_t>()[(int64_t)b * n + n - 1];
