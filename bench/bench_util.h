@@ -65,6 +65,16 @@ inline void emit(const std::string& name, double value, const char* unit, double
   fflush(stdout);
 }
 
+// The one row of a benchmark that cannot run here (a GPU benchmark without a usable GPU):
+//   {"name": "<bench> skipped: <why>", "value": 0, "unit": "skipped", "skipped": true}
+// (quotes and backslashes in `why` become ' so the line stays valid JSON).
+inline void emit_skip(const char* bench, const std::string& why) {
+  std::string w;
+  for (char c : why) w += c == '"' || c == '\\' ? '\'' : c;
+  printf("{\"name\": \"%s skipped: %s\", \"value\": 0, \"unit\": \"skipped\", \"skipped\": true}\n", bench, w.c_str());
+  fflush(stdout);
+}
+
 // The command line: "--quick" sets *quick; any other argument goes to other(arg), which says
 // whether it took it. An argument nobody takes prints "usage: <argv[0]> <usage>" on stderr
 // and returns false (the caller exits with status 2).

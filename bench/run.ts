@@ -22,7 +22,11 @@ interface Row {
 }
 
 const root = fileURLToPath(new URL('..', import.meta.url));
-const PROGRAMS = ['gemm_bench', 'kernels_bench', 'attention_xent_bench', 'thought_attention_bench', 'train_bench', 'quietstar_bench', 'think_bench'];
+const PROGRAMS = [
+  'gemm_bench', 'kernels_bench', 'attention_xent_bench', 'thought_attention_bench', 'train_bench', 'quietstar_bench', 'think_bench',
+  // GPU: each prints one "skipped" row without a usable CUDA device
+  'cuda_gemm_bench', 'cuda_attention_bench', 'cuda_quietstar_bench',
+];
 
 function findBinary(name: string): string | undefined {
   for (const dir of [process.env.QUIETSTAR_BENCH_DIR, join(root, 'build'), join(root, 'build', 'Release')]) {
@@ -85,6 +89,10 @@ async function main(): Promise<number> {
     const nameWidth = Math.max(20, ...rows.map((r) => r.name.length));
     process.stdout.write(`${'benchmark'.padEnd(nameWidth)}  ${'value'.padStart(10)}  ${'unit'.padEnd(9)}  ${'baseline'.padStart(10)}  ${'ratio'.padStart(6)}\n`);
     for (const r of rows) {
+      if (r.skipped === true) {
+        process.stdout.write(`${r.name}\n`);
+        continue;
+      }
       process.stdout.write(
         `${r.name.padEnd(nameWidth)}  ${fmt(r.value).padStart(10)}  ${r.unit.padEnd(9)}  ${fmt(r.baseline).padStart(10)}  ${fmt(r.ratio).padStart(6)}\n`,
       );

@@ -14,7 +14,15 @@
  * ```
  */
 import { QuietstarError } from './errors.js';
-import { loadBinding, type DType, type DeviceName, type NativeEngine, type NativeMemory, type NativeTensor } from './native.js';
+import {
+  loadBinding,
+  type DType,
+  type DeviceName,
+  type MatmulPrecision,
+  type NativeEngine,
+  type NativeMemory,
+  type NativeTensor,
+} from './native.js';
 import { Ops } from './ops.js';
 import { Parameters, type ParameterSpec } from './params.js';
 import { Tensor, type AnyTypedArray } from './tensor.js';
@@ -36,6 +44,15 @@ export interface EngineOptions {
   threads?: number;
   /** CUDA device index. @defaultValue 0 */
   cudaDevice?: number;
+  /**
+   * Matrix products on a CUDA engine. `'bf16'`: the inputs of every GEMM are rounded to bf16 and
+   * multiplied on tensor cores with f32 accumulation, while weights, AdamW state and activations
+   * stay f32 (mixed precision with f32 masters). `'tf32'`: TF32 tensor cores. `'f32'`: exact f32,
+   * the math of the CPU kernels. `'auto'` is the `QUIETSTAR_MATMUL` environment variable when
+   * set, else `'bf16'`. A CPU engine always computes in f32 / f64 (the option is ignored there).
+   * @defaultValue 'auto'
+   */
+  precision?: 'auto' | MatmulPrecision;
 }
 
 /** Bytes held by an engine (see {@link Engine.memory}). */
@@ -43,6 +60,8 @@ export interface MemoryInfo extends NativeMemory {
   /** The engine's device. */
   device: DeviceName;
 }
+
+const PRECISIONS = ['auto', 'f32', 'tf32', 'bf16'];
 
 function validateOptions(options: EngineOptions): Required<EngineOptions> {
   const device = options.device ?? 'auto';
@@ -57,7 +76,14 @@ function validateOptions(options: EngineOptions): Required<EngineOptions> {
   if (!Number.isInteger(cudaDevice) || cudaDevice < 0) {
     throw new QuietstarError(`engine.cudaDevice must be an integer >= 0 (got ${String(cudaDevice)})`, 'INVALID_ARGUMENT');
   }
-  return { device, threads, cudaDevice };
+  const precision = options.precision ?? 'auto';
+  if (!PRECISIONS.includes(precision)) {
+    throw new QuietstarError(
+      `engine.precision must be 'auto', 'f32', 'tf32' or 'bf16' (got ${JSON.stringify(precision)})`,
+      'INVALID_ARGUMENT',
+    );
+  }
+  return { device, threads, cudaDevice, precision };
 }
 
 const ARRAY_FOR: Record<DType, (n: number[]) => AnyTypedArray> = {
@@ -104,6 +130,10 @@ export class Engine {
   }
   get threads(): number {
     return this.native.threads;
+  }
+  /** The matrix-product precision in use: always `'f32'` on a CPU engine. */
+  get precision(): MatmulPrecision {
+    return this.native.precision;
   }
   get disposed(): boolean {
     return this.native.disposed;

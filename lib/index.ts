@@ -8,7 +8,7 @@ export { Parameters, type ParameterSpec, type AdamWOptions, type BufferName } fr
 export { scope, Scope } from './scope.js';
 export { QuietstarError, type ErrorCode } from './errors.js';
 export { backendInfo, opNames, formatBackendInfo, type BackendInfo } from './info.js';
-export type { DType, DeviceName } from './native.js';
+export type { DType, DeviceName, MatmulPrecision } from './native.js';
 export { Model, type ModelOptions, type TokenBatch, type LogitsBatch, type DecodeStep } from './model/model.js';
 export {
   createModelConfig,

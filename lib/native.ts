@@ -62,7 +62,14 @@ export interface NativeParamEntry {
 export interface NativeParameters {
   entries(): NativeParamEntry[];
   buffer(which: 'params' | 'grads' | 'm' | 'v'): NativeTensor;
-  adamwStep(config: { lr?: number; beta1?: number; beta2?: number; eps?: number; weightDecay?: number }): Promise<number>;
+  adamwStep(config: {
+    lr?: number;
+    beta1?: number;
+    beta2?: number;
+    eps?: number;
+    weightDecay?: number;
+    bf16State?: boolean;
+  }): Promise<number>;
   clipGradNorm(maxNorm: number): Promise<number>;
   zeroGrad(): Promise<void>;
   setStep(step: number): Promise<void>;
@@ -152,9 +159,13 @@ export interface NativeQuietStar {
   dispose(): void;
 }
 
+/** The matrix-product precision of an engine (see {@link EngineOptions.precision}). */
+export type MatmulPrecision = 'f32' | 'tf32' | 'bf16';
+
 export interface NativeEngine {
   readonly device: DeviceName;
   readonly threads: number;
+  readonly precision: MatmulPrecision;
   readonly disposed: boolean;
   readonly pending: number;
   tensorFromArray(data: ArrayBufferView, shape: number[], dtype?: DType): NativeTensor;
@@ -210,7 +221,7 @@ export interface BackendInfo {
 }
 
 export interface BindingModule {
-  NativeEngine: new (options: { device?: string; threads?: number; cudaDevice?: number }) => NativeEngine;
+  NativeEngine: new (options: { device?: string; threads?: number; cudaDevice?: number; precision?: string }) => NativeEngine;
   NativeTensor: abstract new (...args: never[]) => NativeTensor;
   backendInfo(extraCublasDirs?: string[]): BackendInfo;
   opNames(): string[];

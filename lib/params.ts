@@ -28,6 +28,14 @@ export interface AdamWOptions {
   eps?: number;
   /** Decoupled weight decay, applied to views with `decay`. @defaultValue 0.01 */
   weightDecay?: number;
+  /**
+   * The reference's precision (spec §3): the parameters and both moments are rounded to bf16
+   * after every step, so an update smaller than half a bf16 ulp is lost, as in the reference's
+   * pure-bf16 training (at lr 1e-6 most LM weights then never move). Off: f32 master weights
+   * and moments. Needs f32 parameters.
+   * @defaultValue false
+   */
+  bf16State?: boolean;
 }
 
 export type BufferName = 'params' | 'grads' | 'm' | 'v';

@@ -8,7 +8,7 @@
 #    QUIETSTAR_CUDA_ARCHS overrides) — a binary built elsewhere may meet other system libraries;
 # 3. runs every native test (CUDA-vs-CPU twins run here; they skip without a GPU), with cuBLAS
 #    found and with it disabled;
-# 4. runs the benchmarks in --quick mode;
+# 4. runs the GPU benchmarks (bench_cuda_*) in --quick mode;
 # 5. runs the ava suite on the GPU when node is present (QUIETSTAR_DEVICE=cuda);
 # 6. prints a short summary table last. Logs go to OUT_DIR (default $OUT or ./gpu-check-out).
 set -uo pipefail
@@ -66,11 +66,24 @@ echo "== native tests"
 run_tests cublas QUIETSTAR_SYNC=1
 run_tests no-cublas QUIETSTAR_SYNC=1 QUIETSTAR_CUBLAS=0
 
-echo "== benchmarks"
-for b in "$BUILD"/bench_*; do
+echo "== GPU benchmarks"
+# Only the bench_cuda_* programs: the others measure the CPU. Each prints JSON lines; their
+# rows go into the summary below.
+declare -a BENCH_ROWS=()
+for b in "$BUILD"/bench_cuda_*; do
   [ -x "$b" ] || continue
-  timeout 300 "$b" --quick >"$OUT_DIR/$(basename "$b").jsonl" 2>"$OUT_DIR/$(basename "$b").err"
-  note "$(basename "$b")" "exit $? ($(wc -l <"$OUT_DIR/$(basename "$b").jsonl") rows)"
+  name=$(basename "$b")
+  timeout 240 "$b" --quick >"$OUT_DIR/$name.jsonl" 2>"$OUT_DIR/$name.err"
+  rc=$?
+  note "$name" "exit $rc ($(wc -l <"$OUT_DIR/$name.jsonl") rows)"
+  [ $rc -ne 0 ] && tail -5 "$OUT_DIR/$name.err"
+  while IFS= read -r line; do
+    # {"name": "...", "value": V, "unit": "U", ...} -> "name  V U  (ratio R)"
+    row=$(sed -E 's/^\{"name": "([^"]*)", "value": ([^,]*), "unit": "([^"]*)"(, "baseline": [^,]*, "ratio": ([^}]*))?.*$/\1|\2 \3|\5/' <<<"$line")
+    IFS='|' read -r bname bval bratio <<<"$row"
+    [ -n "$bratio" ] && bval="$bval (ratio $bratio)"
+    BENCH_ROWS+=("$(printf '  %-58s %s' "$bname" "$bval")")
+  done <"$OUT_DIR/$name.jsonl"
 done
 
 if command -v node >/dev/null && [ -d node_modules ]; then
@@ -81,5 +94,9 @@ else
   note ava "skipped (no node or node_modules)"
 fi
 
-echo "== summary"
-printf '%s\n' "${SUMMARY[@]}" | tee "$OUT_DIR/summary.txt"
+echo "== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1))"
+{
+  printf '%s\n' "${SUMMARY[@]}"
+  echo "benchmarks:"
+  printf '%s\n' "${BENCH_ROWS[@]}"
+} | tee "$OUT_DIR/summary.txt"

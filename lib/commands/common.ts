@@ -26,11 +26,13 @@ export type FlagValues = Record<string, string | boolean | undefined>;
 export const ENGINE_FLAGS = {
   device: { type: 'string' },
   threads: { type: 'string' },
+  precision: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const satisfies Options;
 
 export const ENGINE_HELP = `  --device cpu|cuda|auto   where to compute (default cpu; auto = CUDA when usable)
   --threads N              CPU threads (default 0 = all cores)
+  --precision P            CUDA matrix products: bf16 (default), tf32 or f32 (exact; the CPU is always f32)
   -h, --help               this help`;
 
 /** parseArgs in strict mode; unknown flags, missing values and stray arguments are UsageErrors naming them. */
@@ -94,7 +96,14 @@ export function openEngine(values: FlagValues): Engine {
   const device = str(values, 'device') ?? 'cpu';
   if (!['cpu', 'cuda', 'auto'].includes(device)) throw new UsageError(`--device must be cpu, cuda or auto (got '${device}')`);
   const threads = int(values, 'threads', 0);
-  return Engine.create({ device: device as 'cpu' | 'cuda' | 'auto', threads });
+  const precision = str(values, 'precision') ?? 'auto';
+  if (!['auto', 'bf16', 'tf32', 'f32'].includes(precision))
+    throw new UsageError(`--precision must be bf16, tf32 or f32 (got '${precision}')`);
+  return Engine.create({
+    device: device as 'cpu' | 'cuda' | 'auto',
+    threads,
+    precision: precision as 'auto' | 'bf16' | 'tf32' | 'f32',
+  });
 }
 
 /**

@@ -11,7 +11,7 @@
  * seed 42.
  */
 import { QuietstarError } from '../errors.js';
-import { checkPaths, fail, int, num, oneOf } from '../train/config-check.js';
+import { bool, checkPaths, fail, int, num, oneOf } from '../train/config-check.js';
 import { resolveQuietStarOptions, type QuietStarOptions } from './options.js';
 
 /** How a document longer than seqLen is cut to seqLen tokens. */
@@ -43,6 +43,13 @@ export interface QuietStarTrainingConfig {
   beta2?: number;
   /** @defaultValue 1e-8 */
   eps?: number;
+  /**
+   * Mimic the reference's pure-bf16 parameters and AdamW state (spec §3): weights and moments
+   * are rounded to bf16 after every step. Off: f32 master weights (the reference's lr 1e-6 then
+   * takes much larger effective steps in the LM).
+   * @defaultValue false
+   */
+  bf16State?: boolean;
   /** Clip the global gradient norm to this (0 = no clipping; the norm is still reported). @defaultValue 1 */
   clip?: number;
   /** Documents per optimizer step; a multiple of microBatchSize. @defaultValue 8 */
@@ -98,10 +105,11 @@ export type ResolvedQuietStarConfig = QuietStarOptions &
 export const QUIETSTAR_OPTION_KEYS = [
   'nAhead', 'nAheadTalk', 'nPasses', 'embeddingScale', 'originalLossWeight', 'baseLossBeta', 'policyLossBeta',
   'reinforceTemperature', 'thoughtTemperature', 'removeNegativeRewards', 'triceBaseline', 'mixing', 'mixingSigmoid',
+  'recomputeActivations',
 ] as const satisfies readonly (keyof QuietStarOptions)[];
 
 const TRAINING_KEYS = [
-  'maxSteps', 'lr', 'minLr', 'warmupSteps', 'schedule', 'decaySteps', 'weightDecay', 'beta1', 'beta2', 'eps', 'clip',
+  'maxSteps', 'lr', 'minLr', 'warmupSteps', 'schedule', 'decaySteps', 'weightDecay', 'beta1', 'beta2', 'eps', 'bf16State', 'clip',
   'batchSize', 'microBatchSize', 'seqLen', 'seed', 'cropMode', 'evalEvery', 'evalBatches', 'checkpointEvery',
   'keepCheckpoints', 'saveDtype', 'outDir', 'metricsFile', 'resumeFrom',
 ] as const satisfies readonly (keyof QuietStarTrainingConfig)[];
@@ -156,6 +164,7 @@ export function resolveQuietStarConfig(config: QuietStarConfig = {}): ResolvedQu
     beta1: num('beta1', c.beta1 ?? 0.9, (x) => x >= 0 && x < 1, 'a number in [0, 1)'),
     beta2: num('beta2', c.beta2 ?? 0.999, (x) => x >= 0 && x < 1, 'a number in [0, 1)'),
     eps: num('eps', c.eps ?? 1e-8, (x) => x > 0, 'a finite number > 0'),
+    bf16State: bool('bf16State', c.bf16State ?? false),
     clip: num('clip', c.clip ?? 1, (x) => x >= 0, 'a finite number >= 0 (0 = off)'),
     batchSize,
     microBatchSize,

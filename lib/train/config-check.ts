@@ -19,6 +19,11 @@ export function num(field: string, v: unknown, ok: (x: number) => boolean, want:
   return v;
 }
 
+export function bool(field: string, v: unknown): boolean {
+  if (typeof v !== 'boolean') fail(field, 'a boolean', v);
+  return v;
+}
+
 export function oneOf<T extends string>(field: string, v: unknown, allowed: readonly T[]): T {
   if (!allowed.includes(v as T)) fail(field, allowed.map((a) => `'${a}'`).join(', ').replace(/, ([^,]*)$/, ' or $1'), v);
   return v as T;

@@ -86,6 +86,8 @@ export interface UpdateConfig {
   beta2: number;
   eps: number;
   weightDecay: number;
+  /** Round parameters and moments to bf16 after each step (AdamWOptions.bf16State). */
+  bf16State?: boolean;
 }
 
 /**
@@ -98,7 +100,14 @@ export async function optimizerUpdate(params: Parameters, cfg: UpdateConfig, lr:
     throw new QuietstarError(`training diverged: loss is ${loss} at step ${step + 1} (weights left as of step ${step})`, 'INTERNAL');
   }
   const gradNorm = await params.clipGradNorm(cfg.clip);
-  await params.adamwStep({ lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weightDecay: cfg.weightDecay });
+  await params.adamwStep({
+    lr,
+    beta1: cfg.beta1,
+    beta2: cfg.beta2,
+    eps: cfg.eps,
+    weightDecay: cfg.weightDecay,
+    bf16State: cfg.bf16State ?? false,
+  });
   return gradNorm;
 }
 

@@ -38,6 +38,7 @@ Napi::Function EngineWrap::Init(Napi::Env env) {
   return DefineClass(env, "NativeEngine",
                      {InstanceAccessor<&EngineWrap::GetDevice>("device"),
                       InstanceAccessor<&EngineWrap::GetThreads>("threads"),
+                      InstanceAccessor<&EngineWrap::GetPrecision>("precision"),
                       InstanceAccessor<&EngineWrap::GetDisposed>("disposed"),
                       InstanceAccessor<&EngineWrap::GetPending>("pending"),
                       InstanceMethod<&EngineWrap::TensorFromArray>("tensorFromArray"),
@@ -55,7 +56,7 @@ Napi::Function EngineWrap::Init(Napi::Env env) {
                       InstanceMethod<&EngineWrap::Dispose>("dispose")});
 }
 
-// new NativeEngine({device, threads, cudaDevice})
+// new NativeEngine({device, threads, cudaDevice, precision})
 EngineWrap::EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EngineWrap>(info), env_(info.Env()) {
   Napi::Env env = info.Env();
   EngineOptions options;
@@ -65,6 +66,8 @@ EngineWrap::EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine
     if (o.Has("threads") && !o.Get("threads").IsUndefined()) options.threads = (int)get_number(o.Get("threads"), "options.threads");
     if (o.Has("cudaDevice") && !o.Get("cudaDevice").IsUndefined())
       options.cuda_device = (int)get_number(o.Get("cudaDevice"), "options.cudaDevice");
+    if (o.Has("precision") && !o.Get("precision").IsUndefined())
+      options.precision = get_string(o.Get("precision"), "options.precision");
   }
   QS_THROW_IF_ERROR(env, Engine::create(options, &engine_));
   id_ = addon_data(env)->next_engine_id++;
@@ -480,6 +483,9 @@ Napi::Value EngineWrap::GetDevice(const Napi::CallbackInfo& info) {
 }
 Napi::Value EngineWrap::GetThreads(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), engine_ ? engine_->threads() : 0);
+}
+Napi::Value EngineWrap::GetPrecision(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), engine_ ? engine_->precision() : "disposed");
 }
 Napi::Value EngineWrap::GetDisposed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), disposed_); }
 Napi::Value EngineWrap::GetPending(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), in_flight_); }

@@ -56,6 +56,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
  private:
   Napi::Value GetDevice(const Napi::CallbackInfo& info);
   Napi::Value GetThreads(const Napi::CallbackInfo& info);
+  Napi::Value GetPrecision(const Napi::CallbackInfo& info);
   Napi::Value GetDisposed(const Napi::CallbackInfo& info);
   Napi::Value GetPending(const Napi::CallbackInfo& info);
   Napi::Value TensorFromArray(const Napi::CallbackInfo& info);

@@ -90,14 +90,16 @@ HostArray host_array(const Napi::Value& v, DType dtype, const Shape& shape, cons
   return h;
 }
 
-// Compute thread: the tensor of a HostArray (undefined stays undefined).
+// Compute thread: the host tensor of a HostArray (undefined stays undefined). Token inputs stay
+// on the host whatever the engine: the passes check them there and stage what the kernels read.
 Status to_tensor(Engine& e, const HostArray& h, Tensor* out) {
   if (!h.defined) {
     *out = Tensor();
     return Status::Ok();
   }
-  QS_RETURN_IF_ERROR(e.empty(h.dtype, h.shape, out));
-  return e.upload(h.bytes.data(), h.bytes.size(), *out);
+  QS_RETURN_IF_ERROR(e.empty_on(Device::CPU, h.dtype, h.shape, out));
+  if (!h.bytes.empty()) std::memcpy(out->raw(), h.bytes.data(), h.bytes.size());
+  return Status::Ok();
 }
 
 static int dim_arg(const Napi::Value& v, const std::string& what) { return (int)get_int(v, what, 1, INT_MAX); }

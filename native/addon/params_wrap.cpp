@@ -122,7 +122,7 @@ Napi::Value ParamsWrap::Buffer(const Napi::CallbackInfo& info) {
   throw_status(env, Status(Code::INVALID_ARGUMENT, "buffer must be 'params', 'grads', 'm' or 'v' (got '" + which + "')"));
 }
 
-// adamwStep({lr, beta1, beta2, eps, weightDecay}): Promise<step number after the update>
+// adamwStep({lr, beta1, beta2, eps, weightDecay, bf16State}): Promise<step number after the update>
 Napi::Value ParamsWrap::AdamwStep(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   check(env);
@@ -138,6 +138,11 @@ Napi::Value ParamsWrap::AdamwStep(const Napi::CallbackInfo& info) {
     num("beta2", &c.beta2);
     num("eps", &c.eps);
     num("weightDecay", &c.weight_decay);
+    Napi::Value bf16 = o.Get("bf16State");
+    if (!bf16.IsUndefined()) {
+      if (!bf16.IsBoolean()) QS_THROW_IF_ERROR(env, QS_ERROR(INVALID_ARGUMENT, "adamwStep: bf16State must be a boolean"));
+      c.bf16_state = bf16.As<Napi::Boolean>().Value();
+    }
   }
   auto set = set_;
   auto step = std::make_shared<int64_t>(0);
@@ -166,7 +171,7 @@ Napi::Value ParamsWrap::ClipGradNorm(const Napi::CallbackInfo& info) {
 Napi::Value ParamsWrap::ZeroGrad(const Napi::CallbackInfo& info) {
   check(info.Env());
   auto set = set_;
-  return engine_->enqueue(info.Env(), [set]() { set->zero_grad(); return Status::Ok(); }, nullptr);
+  return engine_->enqueue(info.Env(), [set]() { return set->zero_grad(); }, nullptr);
 }
 
 // setStep(n): the AdamW step counter (restoring a checkpoint)

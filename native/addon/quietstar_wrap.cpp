@@ -50,6 +50,7 @@ static QuietStarOptions parse_options(const Napi::Value& v) {
   boolean("triceBaseline", &q.trice_baseline);
   boolean("mixingWeightsBase", &q.mixing_weights_base);
   boolean("mixingSigmoid", &q.mixing_sigmoid);
+  boolean("recomputeActivations", &q.recompute_activations);
   return q;
 }
 

@@ -8,6 +8,9 @@
 #include "core/caching_allocator.h"
 #include "cpu/parallel.h"
 #include "quietstar/cuda_backend.h"
+#ifdef QUIETSTAR_HAVE_CUDA
+#include "cuda/kernels_nn.h"
+#endif
 
 namespace qs {
 
@@ -42,12 +45,33 @@ static std::shared_ptr<CachingAllocator> make_device_cache() {
   return std::make_shared<CachingAllocator>(std::move(device));
 }
 
+// The matrix-product precision: CPU engines compute in f32 / f64 whatever is asked; on CUDA
+// "auto" is QUIETSTAR_MATMUL (f32 | tf32 | bf16) when set, else bf16.
+static Status choose_precision(const EngineOptions& options, Device device, std::string* out) {
+  std::string p = options.precision;
+  QS_CHECK_ARG(p == "auto" || p == "f32" || p == "tf32" || p == "bf16",
+               "precision must be 'auto', 'f32', 'tf32' or 'bf16' (got '%s')", p.c_str());
+  if (device != Device::CUDA) {
+    *out = "f32";
+    return Status::Ok();
+  }
+  if (p == "auto") {
+    const char* env = std::getenv("QUIETSTAR_MATMUL");
+    p = env && *env ? env : "bf16";
+    QS_CHECK_ARG(p == "f32" || p == "tf32" || p == "bf16", "QUIETSTAR_MATMUL must be f32, tf32 or bf16 (got '%s')",
+                 p.c_str());
+  }
+  *out = p;
+  return Status::Ok();
+}
+
 Status Engine::create(const EngineOptions& options, std::unique_ptr<Engine>* out) {
   QS_CHECK_ARG(options.threads >= 0, "threads must be >= 0 (got %d)", options.threads);
   std::unique_ptr<Engine> e(new Engine());
   QS_RETURN_IF_ERROR(choose_device(options, &e->device_));
   e->threads_ = options.threads > 0 ? options.threads : cpu::hardware_threads();
   e->cuda_device_ = options.cuda_device;
+  QS_RETURN_IF_ERROR(choose_precision(options, e->device_, &e->precision_));
   e->thread_ = std::thread([raw = e.get()] { raw->thread_main(); });
   // Initialise the device context on the compute thread itself (CUDA's current device is per
   // host thread) and report its failure from create().
@@ -56,6 +80,12 @@ Status Engine::create(const EngineOptions& options, std::unique_ptr<Engine>* out
     if (raw->device_ == Device::CUDA) {
       QS_RETURN_IF_ERROR(cuda::set_device(raw->cuda_device_));
       QS_RETURN_IF_ERROR(cuda::stream_create(&raw->stream_));
+#ifdef QUIETSTAR_HAVE_CUDA
+      // every GEMM this thread runs takes the engine's precision (kernels_nn.h)
+      cuda::set_thread_gemm_math(raw->precision_ == "bf16"   ? cuda::GemmMath::Bf16
+                                 : raw->precision_ == "tf32" ? cuda::GemmMath::Tf32
+                                                             : cuda::GemmMath::Exact);
+#endif
       raw->stats_->device_cache = make_device_cache();
     }
     return Status::Ok();

@@ -182,8 +182,6 @@ Status check_tokens(const char* what, const char* name, const Tensor& t, int64_t
 
 Status check_batch(const ModelConfig& config_, Engine& engine, const char* what, const Tensor& ids, const Tensor* targets) {
   QS_RETURN_IF_ERROR(engine.check_alive());
-  if (engine.device() != Device::CPU)
-    return QS_ERROR(UNIMPLEMENTED, "%s: the model has no CUDA path yet; create the engine with device 'cpu'", what);
   QS_CHECK_ARG(ids.defined(), "%s: 'ids' is missing", what);
   QS_CHECK_ARG(ids.rank() == 2, "%s: 'ids' must have shape [B, T] (got %s)", what, ids.describe().c_str());
   const int64_t B = ids.dim(0), T = ids.dim(1);
@@ -235,10 +233,13 @@ static bool is_residual_projection(const std::string& name) {
 }
 
 Status Model::init_weights(uint64_t seed) {
-  QS_RETURN_IF_ERROR(impl_->engine->check_alive());
-  if (impl_->engine->device() != Device::CPU)
-    return QS_ERROR(UNIMPLEMENTED, "Model.initWeights: the model has no CUDA path yet; create the engine with device 'cpu'");
-  const Tensor& flat = params_->params();
+  Engine& engine = *impl_->engine;
+  QS_RETURN_IF_ERROR(engine.check_alive());
+  const Tensor& params = params_->params();
+  // On a CUDA engine the values are made on the host (the same generator, so the same values
+  // as on a CPU engine) and uploaded.
+  Tensor flat = params;
+  if (params.device() != Device::CPU) QS_RETURN_IF_ERROR(engine.empty_on(Device::CPU, params.dtype(), params.shape(), &flat));
   const auto& entries = params_->layout().entries();
   const double resid = 0.02 / std::sqrt(2.0 * config_.n_layers);
   std::memset(flat.raw(), 0, flat.nbytes());  // biases 0 (and the padding between views stays 0)
@@ -255,6 +256,7 @@ Status Model::init_weights(uint64_t seed) {
       else std::fill_n(flat.data<float>() + e.offset, e.numel, 1.0f);
     }
   }
+  if (params.device() != Device::CPU) return engine.upload(flat.raw(), flat.nbytes(), params);
   return Status::Ok();
 }
 

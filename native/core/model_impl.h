@@ -1,10 +1,16 @@
 // model_impl.h: the Model's private state (model.cpp: config, creation, checks; model_run.cpp:
 // buffers and the passes). Not part of the public API.
+//
+// The passes run on the engine's device (model_backend.h): every buffer below is carved out of
+// an engine tensor, so it is host memory on a CPU engine and device memory on a CUDA engine.
+// On CUDA the kernels read token ids, targets and positions from device copies carved next to
+// the activations (the dev_* fields, null on the CPU, where the kernels read the host arrays).
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
+#include "core/model_backend.h"
 #include "cpu/transformer.h"
 #include "quietstar/model.h"
 
@@ -53,6 +59,9 @@ struct TrainBuffers {
   T* G = nullptr;                        // (N, V) LM head unit gradient, or null (over budget)
   T* dlosses = nullptr;                  // (N)
   cpu::Scratch<T> s;
+  // CUDA only: the tokens' device copies (N) and the LM head's / attention backward's scratch
+  int32_t *dev_ids = nullptr, *dev_targets = nullptr, *dev_pos = nullptr;
+  void* scratch = nullptr;
 };
 
 // Inference (logits, token losses, decode): one layer's activations reused by every layer, the
@@ -64,18 +73,25 @@ struct InferBuffers {
   T *hf = nullptr, *mean = nullptr, *rstd = nullptr;  // (N, D), (N), (N)
   T* last = nullptr;                     // (B, D) the last position's residual
   float* lse = nullptr;                  // (N)
+  // CUDA only (carve_infer_inputs): the inputs' device copies (N) and the LM head's scratch
+  int32_t *dev_ids = nullptr, *dev_targets = nullptr, *dev_pos = nullptr;
+  void* scratch = nullptr;
 };
 
 // A KV cache: per layer K and V (B, max, Hkv, hd) in the params' dtype, in one allocation, with
 // each slot's position and validity. Attention reads all `max` slots of a row; a slot is
 // attended iff valid (slots not yet written, or rewound, are 0), so rewinding is `len = n` plus
-// clearing the dropped slots' valid flags (kv_rewind).
+// clearing the dropped slots' valid flags (kv_rewind). On a CUDA engine K/V live on the device
+// and pos / valid (kept on the host, where kv_rewind edits them) are mirrored into dev_pos /
+// dev_valid (carved in `mem`) by every decode step before the attention reads them.
 struct KvCache {
   Tensor mem;
   int B = 0, max = 0, len = 0;
   std::vector<int32_t> pos;    // (B, max)
   std::vector<uint8_t> valid;  // (B, max)
   std::vector<char*> k, v;     // per layer
+  int32_t* dev_pos = nullptr;    // (B, max) CUDA only
+  uint8_t* dev_valid = nullptr;  // (B, max) CUDA only
 };
 
 // (Re)allocates `kv` for B rows of max_len slots (grows only), empty. Errors name `what`.
@@ -87,21 +103,27 @@ void kv_rewind(KvCache& kv, int len);
 // The inference buffers' carving for B·T rows (model_run.cpp).
 template <typename T>
 void carve_infer(Carver& cv, const ModelConfig& c, int B, int T_, InferBuffers<T>& b);
+// After carve_infer on a CUDA engine: the dev_* inputs and the scratch (nothing on a CPU engine).
+template <typename T>
+void carve_infer_inputs(Carver& cv, const Exec& ex, const ModelConfig& c, int B, int T_, InferBuffers<T>& b);
 
 // Cached decoding of n new slots per row, the per-layer loop shared by Model::decode and
 // QuietStar::think_decode: ib.x0 (B·n, D) holds the input embeddings (positional included);
 // pos, valid (B·n) the new slots' positions and validity (valid null = all valid). Appends the
-// slots' K/V to `kv` (room checked by the caller) and returns the last layer's residual
-// stream (B·n, D) (ib.x0 or ib.x1).
+// slots' K/V to `kv` (room checked by the caller) and sets *x_out to the last layer's residual
+// stream (B·n, D) (ib.x0 or ib.x1). pos_host (B·n) is on the host (it goes into kv.pos);
+// pos_exec is the same array where the kernels read it (pos_host on a CPU engine, a device
+// copy on CUDA); valid (B·n) is on the host.
 template <typename T>
-const T* kv_decode_layers(const ModelConfig& c, const cpu::ModelWeights<T>& w, InferBuffers<T>& ib, KvCache& kv,
-                          const int32_t* pos, const uint8_t* valid, int n);
+Status kv_decode_layers(const Exec& ex, const ModelConfig& c, const cpu::ModelWeights<T>& w, InferBuffers<T>& ib,
+                        KvCache& kv, const int32_t* pos_host, const int32_t* pos_exec, const uint8_t* valid, int n,
+                        const T** x_out);
 
 // Logits (B, V) of each row's last position of x (B, T, D): only those rows go through the
 // final norm and the head. Leaves the normed rows in ib.hf (B, D).
 template <typename T>
-void last_logits(const ModelConfig& c, const cpu::ModelWeights<T>& w, InferBuffers<T>& ib, const T* x, int B, int T_,
-                 T* out);
+Status last_logits(const Exec& ex, const ModelConfig& c, const cpu::ModelWeights<T>& w, InferBuffers<T>& ib,
+                   const T* x, int B, int T_, T* out);
 
 struct Model::Impl {
   Engine* engine = nullptr;
@@ -112,7 +134,7 @@ struct Model::Impl {
   bool has_forward = false;
   int tB = 0, tT = 0;  // the last forward's batch shape
   int64_t count = 0;
-  std::vector<int32_t> ids, targets, pos;  // (B·T) copies: the caller may reuse its tensors
+  std::vector<int32_t> ids, targets, pos;  // (B·T) host copies: the caller may reuse its tensors
   TrainBuffers<float> tf;
   TrainBuffers<double> td;
 

@@ -12,16 +12,11 @@
 
 #include "core/op_context.h"
 #include "cpu/sampling.h"
+#ifdef QUIETSTAR_HAVE_CUDA
+#include "cuda/kernels_sampling.h"
+#endif
 
 namespace qs {
-
-#ifdef QUIETSTAR_HAVE_CUDA
-namespace cuda {
-Status sample_tokens_f32(int32_t* out, const float* logits, int B, int V, const cpu::SampleParams& p,
-                         const int32_t* rows, const int32_t* positions, const int32_t* suppress, int n_suppress,
-                         void* stream);
-}
-#endif
 
 // An optional integer attribute in [lo, hi], `fallback` when absent.
 static Status optional_integer(OpContext& ctx, const char* name, int64_t lo, int64_t hi, int64_t fallback,
@@ -83,8 +78,12 @@ static Status sample_tokens_op(OpContext& ctx) {
   if (ctx.engine().device() == Device::CUDA) {
     QS_CHECK_ARG(ctx.float_dtype() == DType::F32, "%s: the CUDA kernel takes f32 logits (got %s)", ctx.op(),
                  dtype_name(ctx.float_dtype()));
+    Tensor scratch;  // top-k / top-p only: the sort's buffers (from the engine's device cache)
+    if (const size_t bytes = cuda::sample_tokens_scratch_bytes(B, V, p))
+      QS_RETURN_IF_ERROR(ctx.engine().empty(DType::U8, {(int64_t)bytes}, &scratch));
     QS_RETURN_IF_ERROR(cuda::sample_tokens_f32(ids.data<int32_t>(), logits.data<float>(), B, V, p, rows_p, pos_p, sup_p,
-                                               n_sup, ctx.engine().stream()));
+                                               n_sup, scratch.defined() ? scratch.raw() : nullptr,
+                                               ctx.engine().stream()));
     // The ids come back to the host (a sync) so that a row that cannot be sampled is an error
     // here, as on the CPU, rather than a negative id fed to the next embedding lookup.
     std::vector<int32_t> host(B);

@@ -11,11 +11,16 @@
 //   thought_attention_backward: the same arguments plus dout, out (like qChain), lse; gradients
 //     dqChain, dkBase, dvBase, dkChain, dvChain are accumulated into (+=) when given, and
 //     allocated (zeroed) and returned when not, as attention_backward does.
+//   On a CUDA engine every tensor (valid too) lives on the device and the f32 kernels of
+//   cuda/thought_attention.cu run on the engine's stream.
 #include <algorithm>
 #include <cmath>
 
 #include "core/op_context.h"
 #include "cpu/thought_attention.h"
+#ifdef QUIETSTAR_HAVE_CUDA
+#include "cuda/kernels_attention.h"
+#endif
 
 namespace qs {
 
@@ -72,21 +77,25 @@ static Status thought_attention_args(OpContext& ctx, ThoughtAttentionArgs* a) {
 }
 
 static Status thought_attention_forward_op(OpContext& ctx) {
-  QS_RETURN_IF_ERROR(ctx.require_cpu());
   ThoughtAttentionArgs a;
   QS_RETURN_IF_ERROR(thought_attention_args(ctx, &a));
   const cpu::ThoughtAttentionShape& s = a.shape;
   Tensor out, lse;
   QS_RETURN_IF_ERROR(ctx.output("out", a.q.shape(), &out));
   QS_RETURN_IF_ERROR(ctx.output("lse", DType::F32, {(int64_t)s.B * s.P, s.Sq, s.T, s.H}, &lse));
-  QS_FOR_FLOAT(ctx, cpu::thought_attention_forward<T>(ptr<T>(out), lse.data<float>(), ptr<T>(a.q), ptr<T>(a.kb),
-                                                       ptr<T>(a.vb), ptr<T>(a.kc), ptr<T>(a.vc),
-                                                       ptr<uint8_t>(a.valid), s, (T)a.scale));
+  QS_CUDA_OR_CPU(ctx,
+                 (cuda::thought_attention_forward(ptr<float>(out), lse.data<float>(), ptr<float>(a.q),
+                                                  ptr<float>(a.kb), ptr<float>(a.vb), ptr<float>(a.kc),
+                                                  ptr<float>(a.vc), ptr<uint8_t>(a.valid), s, (float)a.scale,
+                                                  ctx.engine().stream())),
+                 QS_FOR_FLOAT(ctx, cpu::thought_attention_forward<T>(ptr<T>(out), lse.data<float>(), ptr<T>(a.q),
+                                                                     ptr<T>(a.kb), ptr<T>(a.vb), ptr<T>(a.kc),
+                                                                     ptr<T>(a.vc), ptr<uint8_t>(a.valid), s,
+                                                                     (T)a.scale)));
   return Status::Ok();
 }
 
 static Status thought_attention_backward_op(OpContext& ctx) {
-  QS_RETURN_IF_ERROR(ctx.require_cpu());
   ThoughtAttentionArgs a;
   QS_RETURN_IF_ERROR(thought_attention_args(ctx, &a));
   const cpu::ThoughtAttentionShape& s = a.shape;
@@ -105,10 +114,24 @@ static Status thought_attention_backward_op(OpContext& ctx) {
   if (!dvb.defined()) QS_RETURN_IF_ERROR(ctx.engine().empty(ctx.float_dtype(), a.vb.shape(), &dvb));
   if (!dkc.defined()) QS_RETURN_IF_ERROR(ctx.engine().empty(ctx.float_dtype(), a.kc.shape(), &dkc));
   if (!dvc.defined()) QS_RETURN_IF_ERROR(ctx.engine().empty(ctx.float_dtype(), a.vc.shape(), &dvc));
-  QS_FOR_FLOAT(ctx, cpu::thought_attention_backward<T>(ptr<T>(dq), ptr<T>(dkb), ptr<T>(dvb), ptr<T>(dkc), ptr<T>(dvc),
-                                                        ptr<T>(dout), ptr<T>(a.q), ptr<T>(a.kb), ptr<T>(a.vb),
-                                                        ptr<T>(a.kc), ptr<T>(a.vc), ptr<T>(out), lse.data<float>(),
-                                                        ptr<uint8_t>(a.valid), s, (T)a.scale));
+  Tensor scratch;  // CUDA: D = rowsum(dout ∘ out), (R, Sq, T, H) floats
+#ifdef QUIETSTAR_HAVE_CUDA
+  if (ctx.engine().device() == Device::CUDA) {
+    const size_t bytes = cuda::thought_attention_backward_scratch_bytes(s);
+    if (bytes > 0) QS_RETURN_IF_ERROR(ctx.engine().empty(DType::U8, {(int64_t)bytes}, &scratch));
+  }
+#endif
+  QS_CUDA_OR_CPU(ctx,
+                 (cuda::thought_attention_backward(ptr<float>(dq), ptr<float>(dkb), ptr<float>(dvb), ptr<float>(dkc),
+                                                   ptr<float>(dvc), ptr<float>(dout), ptr<float>(a.q),
+                                                   ptr<float>(a.kb), ptr<float>(a.vb), ptr<float>(a.kc),
+                                                   ptr<float>(a.vc), ptr<float>(out), lse.data<float>(),
+                                                   ptr<uint8_t>(a.valid), s, (float)a.scale, ptr<uint8_t>(scratch),
+                                                   ctx.engine().stream())),
+                 QS_FOR_FLOAT(ctx, cpu::thought_attention_backward<T>(
+                                       ptr<T>(dq), ptr<T>(dkb), ptr<T>(dvb), ptr<T>(dkc), ptr<T>(dvc), ptr<T>(dout),
+                                       ptr<T>(a.q), ptr<T>(a.kb), ptr<T>(a.vb), ptr<T>(a.kc), ptr<T>(a.vc),
+                                       ptr<T>(out), lse.data<float>(), ptr<uint8_t>(a.valid), s, (T)a.scale)));
   ctx.pass_through("dqChain", dq);
   ctx.pass_through("dkBase", dkb);
   ctx.pass_through("dvBase", dvb);

@@ -15,17 +15,11 @@
 #include "core/op_context.h"
 #include "cpu/sampling.h"
 #include "cpu/thought_sampling.h"
+#ifdef QUIETSTAR_HAVE_CUDA
+#include "cuda/kernels_sampling.h"
+#endif
 
 namespace qs {
-
-#ifdef QUIETSTAR_HAVE_CUDA
-namespace cuda {
-size_t thought_sample_scratch_bytes(int N, int V);
-Status thought_sample_f32(int32_t* tokens, float* logp, float* lse, const float* h, const float* W, int N, int D,
-                          int V, const int32_t* rows, const int32_t* positions, const int32_t* suppress, int n_suppress,
-                          const cpu::ThoughtSampleParams& p, void* scratch, void* stream);
-}
-#endif
 
 // An optional integer attribute in [lo, hi], `fallback` when absent.
 static Status optional_int(OpContext& ctx, const char* name, int64_t lo, int64_t hi, int64_t fallback, int64_t* out) {

@@ -198,7 +198,17 @@ Status QuietStar::Impl::ensure(Tensor& mem, size_t bytes) {
 static Status require_cpu(Engine& e, const char* what) {
   QS_RETURN_IF_ERROR(e.check_alive());
   if (e.device() != Device::CPU)
-    return QS_ERROR(UNIMPLEMENTED, "%s: Quiet-STaR has no CUDA path yet; create the engine with device 'cpu'", what);
+    return QS_ERROR(UNIMPLEMENTED, "%s: Quiet-STaR has no CUDA path for this yet; create the engine with device 'cpu'",
+                    what);
+  return Status::Ok();
+}
+
+// The step's passes run on either engine; on CUDA with f32 parameters (the device kernels' type).
+static Status require_step_device(Engine& e, const ParamSet& p, const char* what) {
+  QS_RETURN_IF_ERROR(e.check_alive());
+  if (e.device() == Device::CUDA && p.params().dtype() != DType::F32)
+    return QS_ERROR(INVALID_ARGUMENT, "%s: the CUDA path takes f32 parameters (got %s)", what,
+                    dtype_name(p.params().dtype()));
   return Status::Ok();
 }
 
@@ -206,11 +216,12 @@ static Status require_cpu(Engine& e, const char* what) {
 // initialisation (spec §2.3): start/end row 0 = E[init token] / embedding_scale (row 1 zero);
 // mixing head N(0, 0.02) weights (HF _init_weights), zero biases, zero last layer (w ≡ 0).
 
+// flat: the whole parameter buffer in host memory.
 template <typename T>
-static void init_extras(const ModelConfig& c, const QuietStarOptions& o, ParamSet& p, int init_id, uint64_t seed) {
-  T* flat = p.params().data<T>();
-  const QsWeights<T> w = bind_qs_weights<T>(p.layout(), flat);
-  const cpu::ModelWeights<T> mw = cpu::bind_weights<T>(c, p.layout(), flat);
+static void init_extras(const ModelConfig& c, const QuietStarOptions& o, const ParamLayout& layout, T* flat, int init_id,
+                        uint64_t seed) {
+  const QsWeights<T> w = bind_qs_weights<T>(layout, flat);
+  const cpu::ModelWeights<T> mw = cpu::bind_weights<T>(c, layout, flat);
   const int D = c.d_model;
   const T* e = mw.wte + (int64_t)init_id * D;
   for (int i = 0; i < D; i++) {
@@ -227,14 +238,24 @@ static void init_extras(const ModelConfig& c, const QuietStarOptions& o, ParamSe
 }
 
 Status QuietStar::init_parameters(int init_token_id, uint64_t seed) {
-  QS_RETURN_IF_ERROR(require_cpu(*impl_->engine, "QuietStar.initParameters"));
+  Engine& engine = *impl_->engine;
+  QS_RETURN_IF_ERROR(engine.check_alive());
   const ModelConfig& c = model_->config();
   QS_CHECK_ARG(init_token_id >= 0 && init_token_id < c.vocab_size,
                "QuietStar.initParameters: initToken id %d is out of range [0, %d) (config.vocabSize)", init_token_id,
                c.vocab_size);
   ParamSet& p = model_->params();
-  if (p.params().dtype() == DType::F64) init_extras<double>(c, options_, p, init_token_id, seed);
-  else init_extras<float>(c, options_, p, init_token_id, seed);
+  // On a CUDA engine the parameters come to the host, get their extras there (the same values
+  // as on a CPU engine) and go back, as Model.initWeights does.
+  const Tensor& params = p.params();
+  Tensor flat = params;
+  if (params.device() != Device::CPU) {
+    QS_RETURN_IF_ERROR(engine.empty_on(Device::CPU, params.dtype(), params.shape(), &flat));
+    QS_RETURN_IF_ERROR(engine.download(params, flat.raw(), flat.nbytes()));
+  }
+  if (flat.dtype() == DType::F64) init_extras<double>(c, options_, p.layout(), flat.data<double>(), init_token_id, seed);
+  else init_extras<float>(c, options_, p.layout(), flat.data<float>(), init_token_id, seed);
+  if (params.device() != Device::CPU) return engine.upload(flat.raw(), flat.nbytes(), params);
   return Status::Ok();
 }
 
@@ -249,7 +270,7 @@ Status QuietStar::init_parameters(int init_token_id, uint64_t seed) {
 
 Status QuietStar::sample_thoughts(const Tensor& ids, const Tensor& valid, uint64_t seed, Tensor* thoughts,
                                  const Tensor& row_ids) {
-  QS_RETURN_IF_ERROR(require_cpu(*impl_->engine, "QuietStar.sampleThoughts"));
+  QS_RETURN_IF_ERROR(require_step_device(*impl_->engine, model_->params(), "QuietStar.sampleThoughts"));
   QS_CHECK_ARG(thoughts != nullptr, "QuietStar.sampleThoughts: no output tensor");
   QS_QUIETSTAR_DISPATCH(sample_thoughts, model_->config(), options_, model_->params(), ids, valid, row_ids, seed,
                         thoughts);
@@ -257,7 +278,7 @@ Status QuietStar::sample_thoughts(const Tensor& ids, const Tensor& valid, uint64
 
 Status QuietStar::forward_backward(const Tensor& ids, const Tensor& valid, const Tensor& labels, const Tensor& thoughts,
                                    bool backward, double loss_scale, QuietStarMetrics* metrics) {
-  QS_RETURN_IF_ERROR(require_cpu(*impl_->engine, "QuietStar.forwardBackward"));
+  QS_RETURN_IF_ERROR(require_step_device(*impl_->engine, model_->params(), "QuietStar.forwardBackward"));
   QS_CHECK_ARG(std::isfinite(loss_scale), "QuietStar.forwardBackward: lossScale must be a finite number (got %g)", loss_scale);
   QS_QUIETSTAR_DISPATCH(forward_backward, model_->config(), options_, model_->params(), ids, valid, labels, thoughts,
                         backward, loss_scale, metrics);

@@ -61,6 +61,9 @@ template <typename T>
 struct TrainBuffers2 {
   T* x0 = nullptr;                         // (rows, D) inputs
   std::vector<cpu::LayerActs<T>> layers;   // rows; lse (rows·H): base (B,H,T) then chain (R,S,T,H)
+  // recompute_activations: layers[l] holds only .out; the layer's other activations live in
+  // `work`, recomputed from the layer's input during backward
+  cpu::LayerActs<T> work;
   T *hf = nullptr, *lnf_mean = nullptr, *lnf_rstd = nullptr;  // (rows, D), (rows), (rows)
   // base head over the B·T base rows
   T* base_loss = nullptr;  float* base_lse = nullptr;  T* base_G = nullptr;

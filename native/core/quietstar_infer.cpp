@@ -24,6 +24,7 @@
 #include <cstring>
 #include <limits>
 
+#include "core/quietstar_backend.h"
 #include "core/quietstar_impl.h"
 #include "cpu/embedding.h"
 #include "cpu/quietstar_heads.h"
@@ -34,10 +35,12 @@ namespace qs {
 
 namespace {
 
-Status infer_require_cpu(Engine& e, const char* what) {
+// Either engine; on CUDA with f32 parameters (the device kernels' type).
+Status infer_require_device(Engine& e, const ParamSet& p, const char* what) {
   QS_RETURN_IF_ERROR(e.check_alive());
-  if (e.device() != Device::CPU)
-    return QS_ERROR(UNIMPLEMENTED, "%s: Quiet-STaR has no CUDA path yet; create the engine with device 'cpu'", what);
+  if (e.device() == Device::CUDA && p.params().dtype() != DType::F32)
+    return QS_ERROR(INVALID_ARGUMENT, "%s: the CUDA path takes f32 parameters (got %s)", what,
+                    dtype_name(p.params().dtype()));
   return Status::Ok();
 }
 
@@ -87,18 +90,33 @@ Status QuietStar::Impl::talk_logits(const ModelConfig& c, ParamSet& p, const Ten
   Tensor m, b;
   QS_RETURN_IF_ERROR(engine->empty(dt, {K, d.V}, &m));
   QS_RETURN_IF_ERROR(engine->empty(dt, {K, d.V}, &b));
+  if (K == 0) {
+    *mixed = m;
+    *base = b;
+    return Status::Ok();
+  }
+  const Exec ex = exec_of(*engine);
+  StagedArrays staged(*engine, ex);
   const TrainBuffers2<T>& tb = train<T>();
-  std::vector<T> hm((size_t)K * d.D), hb((size_t)K * d.D);  // (K, D) the chosen rows
+  std::vector<int64_t> mix_row(K), base_row(K);  // the chosen talk-0 rows and their base rows
   for (int64_t k = 0; k < K; k++) {
     const int r = at[2 * k], i = at[2 * k + 1];
-    std::memcpy(hm.data() + k * d.D, tb.hm + (d.talk_off[0] + (int64_t)r * (d.T - 1) + i) * d.D, sizeof(T) * d.D);
-    std::memcpy(hb.data() + k * d.D, tb.hf + ((int64_t)(r / d.P) * d.T + i) * d.D, sizeof(T) * d.D);
+    mix_row[k] = d.talk_off[0] + (int64_t)r * (d.T - 1) + i;
+    base_row[k] = (int64_t)(r / d.P) * d.T + i;
   }
+  const int64_t *mix_e, *base_e;
+  void *hm_mem, *hb_mem;
+  QS_RETURN_IF_ERROR(staged.put(mix_row, &mix_e));
+  QS_RETURN_IF_ERROR(staged.put(base_row, &base_e));
+  QS_RETURN_IF_ERROR(staged.scratch(sizeof(T) * (size_t)K * d.D, &hm_mem));  // (K, D) the chosen rows
+  QS_RETURN_IF_ERROR(staged.scratch(sizeof(T) * (size_t)K * d.D, &hb_mem));
+  T* hm = static_cast<T*>(hm_mem);
+  T* hb = static_cast<T*>(hb_mem);
+  QS_RETURN_IF_ERROR(be::gather_rows<T>(ex, hm, tb.hm, mix_e, K, d.D, T(1)));
+  QS_RETURN_IF_ERROR(be::gather_rows<T>(ex, hb, tb.hf, base_e, K, d.D, T(1)));
   const cpu::ModelWeights<T> w = cpu::bind_weights<T>(c, p.layout(), p.params().data<T>());
-  if (K > 0) {
-    cpu::head_logits(c, w, m.data<T>(), hm.data(), (int)K);
-    cpu::head_logits(c, w, b.data<T>(), hb.data(), (int)K);
-  }
+  QS_RETURN_IF_ERROR(be::head_logits(ex, c, w, m.data<T>(), hm, (int)K));
+  QS_RETURN_IF_ERROR(be::head_logits(ex, c, w, b.data<T>(), hb, (int)K));
   *mixed = m;
   *base = b;
   return Status::Ok();
@@ -130,58 +148,86 @@ Status QuietStar::Impl::think_decode(const ModelConfig& c, const QuietStarOption
                (unsigned long long)seed);
 
   const DType dt = p.params().dtype();
+  const Exec ex = exec_of(*engine);
+  StagedArrays staged(*engine, ex);
   Tensor logits, base, thoughts;
   QS_RETURN_IF_ERROR(engine->empty(dt, {B, V}, &logits));
   QS_RETURN_IF_ERROR(engine->empty(dt, {B, V}, &base));
-  QS_RETURN_IF_ERROR(engine->empty(DType::I32, {B, M}, &thoughts));
+  QS_RETURN_IF_ERROR(engine->empty_on(Device::CPU, DType::I32, {B, M}, &thoughts));  // read on the host
   InferBuffers<T>& ib = think<T>();
   {
     Carver measure;
     carve_infer(measure, c, B, n, ib);
+    carve_infer_inputs(measure, ex, c, B, n, ib);
     QS_RETURN_IF_ERROR(ensure(think_mem, measure.used));
     Carver cv{static_cast<char*>(think_mem.raw())};
     carve_infer(cv, c, B, n, ib);
+    carve_infer_inputs(cv, ex, c, B, n, ib);
   }
   T* flat = p.params().data<T>();
   const cpu::ModelWeights<T> w = cpu::bind_weights<T>(c, p.layout(), flat);
   const QsWeights<T> qw = bind_qs_weights<T>(p.layout(), flat);
+  const size_t row_bytes = sizeof(T) * (size_t)D;
 
   // 1. the text
   const int32_t* pos_p = pos_t.data<int32_t>();
-  cpu::embed_forward(c, w, ib.x0, ids_t.data<int32_t>(), pos_p, B * n);
-  const T* x = kv_decode_layers<T>(c, w, ib, kv, pos_p, valid_t.defined() ? valid_t.data<uint8_t>() : nullptr, n);
-  last_logits(c, w, ib, x, B, n, base.data<T>());  // ib.hf (B, D): h_base
+  const int32_t *ids_e, *pos_e;
+  QS_RETURN_IF_ERROR(staged.put(ids_t.data<int32_t>(), (size_t)B * n, &ids_e));
+  QS_RETURN_IF_ERROR(staged.put(pos_p, (size_t)B * n, &pos_e));
+  QS_RETURN_IF_ERROR(be::embed_forward(ex, c, w, ib.x0, ids_e, pos_e, B * n));
+  const T* x;
+  QS_RETURN_IF_ERROR(kv_decode_layers<T>(ex, c, w, ib, kv, pos_p, pos_e,
+                                         valid_t.defined() ? valid_t.data<uint8_t>() : nullptr, n, &x));
+  QS_RETURN_IF_ERROR(last_logits<T>(ex, c, w, ib, x, B, n, base.data<T>()));  // ib.hf (B, D): h_base
   T* out = logits.data<T>();
-  std::memcpy(out, base.data<T>(), sizeof(T) * (size_t)B * V);
+  QS_RETURN_IF_ERROR(be::copy_rows(ex, out, sizeof(T) * (size_t)B * V, base.data<T>(), sizeof(T) * (size_t)B * V,
+                                   sizeof(T) * (size_t)B * V, 1));
   if (L > 0) {
-    std::vector<T> hb(ib.hf, ib.hf + (size_t)B * D);
+    void* mem;
+    QS_RETURN_IF_ERROR(staged.scratch(row_bytes * B, &mem));  // (B, D) h_base, kept while the branch runs
+    T* hb = static_cast<T*>(mem);
+    QS_RETURN_IF_ERROR(be::copy_rows(ex, hb, row_bytes * B, ib.hf, row_bytes * B, row_bytes * B, 1));
     // 2. the branch, one slot per row and step
     const int text_len = kv.len;
-    const int32_t suppress[2] = {o.start_id, o.end_id};
+    const int32_t markers[2] = {o.start_id, o.end_id};
+    std::vector<int64_t> every_row(B);
+    for (int b = 0; b < B; b++) every_row[b] = b;
+    const int32_t *suppress, *rid_e, *tpos_e;
+    const int64_t* every_row_e;
+    QS_RETURN_IF_ERROR(staged.put(markers, 2, &suppress));
+    QS_RETURN_IF_ERROR(staged.put(rid, &rid_e));
+    QS_RETURN_IF_ERROR(staged.put(tpos, &tpos_e));
+    QS_RETURN_IF_ERROR(staged.put(every_row, &every_row_e));
+    void *tok_mem, *bpos_mem, *sample_scratch;  // (B) the sampled tokens, the branch positions
+    QS_RETURN_IF_ERROR(staged.scratch(sizeof(int32_t) * B, &tok_mem));
+    QS_RETURN_IF_ERROR(staged.scratch(sizeof(int32_t) * B, &bpos_mem));
+    QS_RETURN_IF_ERROR(staged.scratch(be::thought_sample_scratch_bytes(ex, B, V), &sample_scratch));
+    int32_t* tok_e = static_cast<int32_t*>(tok_mem);
+    int32_t* bpos_e = static_cast<int32_t*>(bpos_mem);
     cpu::ThoughtSampleParams sp;
     sp.temperature = o.thought_temperature;
     sp.policy_temperature = o.reinforce_temperature;
     sp.seed = seed;
-    std::vector<int32_t> tok(B), bpos(B);
+    std::vector<int32_t> bpos(B), tok_copy;
     int32_t* th = M > 0 ? thoughts.data<int32_t>() : nullptr;
     for (int s = 1; s <= L; s++) {
       for (int b = 0; b < B; b++) bpos[b] = tpos[b] + s;
-      if (s == 1 || s == L) {  // the markers, stored / embedding_scale (spec §2.3)
-        const T* e = s == 1 ? qw.start : qw.end;
-        for (int b = 0; b < B; b++)
-          for (int j = 0; j < D; j++) ib.x0[(int64_t)b * D + j] = (T)(o.embedding_scale * e[j]);
-      } else {
-        cpu::embedding_forward<T>(ib.x0, tok.data(), w.wte, B, D);
-      }
-      if (c.family == ModelFamily::GPT2) cpu::position_embedding_forward<T>(ib.x0, bpos.data(), w.wpe, B, D);
-      x = kv_decode_layers<T>(c, w, ib, kv, bpos.data(), nullptr, 1);
-      cpu::final_norm_forward(c, w, ib.hf, ib.mean, ib.rstd, x, B);
+      QS_RETURN_IF_ERROR(be::upload(ex, bpos_e, bpos.data(), sizeof(int32_t) * B));
+      if (s == 1 || s == L)  // the markers, stored / embedding_scale (spec §2.3)
+        QS_RETURN_IF_ERROR(
+            be::fill_rows<T>(ex, ib.x0, s == 1 ? qw.start : qw.end, every_row_e, B, D, (T)o.embedding_scale));
+      else
+        QS_RETURN_IF_ERROR(be::embedding_forward<T>(ex, ib.x0, tok_e, w.wte, B, D, V));
+      if (c.family == ModelFamily::GPT2)
+        QS_RETURN_IF_ERROR(be::position_embedding_forward<T>(ex, ib.x0, bpos_e, w.wpe, B, D, c.max_seq_len));
+      QS_RETURN_IF_ERROR(kv_decode_layers<T>(ex, c, w, ib, kv, bpos.data(), bpos_e, nullptr, 1, &x));
+      QS_RETURN_IF_ERROR(be::final_norm_forward(ex, c, w, ib.hf, ib.mean, ib.rstd, x, B));
       if (s > M) continue;  // s = N - 2 feeds t_M, s = N - 1 the end marker: nothing to sample
       sp.step = (uint32_t)s;
-      {
-        cpu::ProfScope ps(cpu::kProfHead);
-        cpu::thought_sample<T>(tok.data(), nullptr, nullptr, ib.hf, w.head, B, D, V, rid.data(), tpos.data(), suppress, 2, sp);
-      }
+      QS_RETURN_IF_ERROR(
+          be::thought_sample<T>(ex, tok_e, ib.hf, w.head, B, D, V, rid_e, tpos_e, suppress, 2, sp, sample_scratch));
+      const int32_t* tok;
+      QS_RETURN_IF_ERROR(be::host_view(ex, (const int32_t*)tok_e, B, &tok_copy, &tok));
       for (int b = 0; b < B; b++) {
         if (tok[b] < 0) {
           kv_rewind(kv, text_len);
@@ -194,16 +240,25 @@ Status QuietStar::Impl::think_decode(const ModelConfig& c, const QuietStarOption
     }
     kv_rewind(kv, text_len);  // 4. the thought is discarded
     // 3. mixing (ib.hf holds h_end) and the LM head on the mixed hidden state
-    std::vector<T> z1((size_t)B * D), a1((size_t)B * D), z2((size_t)B * D), a2((size_t)B * D), hm((size_t)B * D);
-    std::vector<T> wraw(B), wmix(B);
-    const cpu::MixingActs<T> ma{z1.data(), a1.data(), z2.data(), a2.data(), wraw.data(), wmix.data(), hm.data()};
+    void* acts;  // z1, a1, z2, a2, hm (B, D) and wraw, w (B)
+    QS_RETURN_IF_ERROR(staged.scratch(row_bytes * B * 5 + sizeof(T) * 2 * B, &acts));
+    T* a0 = static_cast<T*>(acts);
+    const int64_t BD = (int64_t)B * D;
+    const cpu::MixingActs<T> ma{a0, a0 + BD, a0 + 2 * BD, a0 + 3 * BD, a0 + 5 * BD, a0 + 5 * BD + B, a0 + 4 * BD};
     const cpu::MixingWeights<T> mw{qw.w1, qw.b1, qw.w2, qw.b2, qw.w3};
-    cpu::mixing_forward<T>(ma, hb.data(), ib.hf, mw, B, D, o.mixing_weights_base, o.mixing_sigmoid);
-    cpu::head_logits(c, w, out, hm.data(), B);
+    QS_RETURN_IF_ERROR(be::mixing_forward<T>(ex, ma, hb, ib.hf, mw, B, D, o.mixing_weights_base, o.mixing_sigmoid));
+    QS_RETURN_IF_ERROR(be::head_logits(ex, c, w, out, ma.hm, B));
   }
-  for (int b = 0; b < B; b++) {
-    out[(int64_t)b * V + o.start_id] = -std::numeric_limits<T>::infinity();
-    out[(int64_t)b * V + o.end_id] = -std::numeric_limits<T>::infinity();
+  {  // the markers are never emitted: their logits are -inf
+    std::vector<int64_t> marker_at(2 * (size_t)B);
+    for (int b = 0; b < B; b++)
+      marker_at[2 * b] = (int64_t)b * V + o.start_id, marker_at[2 * b + 1] = (int64_t)b * V + o.end_id;
+    const T neg_inf = -std::numeric_limits<T>::infinity();
+    const int64_t* marker_e;
+    const T* neg_inf_e;
+    QS_RETURN_IF_ERROR(staged.put(marker_at, &marker_e));
+    QS_RETURN_IF_ERROR(staged.put(&neg_inf, 1, &neg_inf_e));
+    QS_RETURN_IF_ERROR(be::fill_rows<T>(ex, out, neg_inf_e, marker_e, 2 * B, 1, T(1)));
   }
   *logits_out = logits;
   if (base_out) *base_out = base;
@@ -215,7 +270,7 @@ Status QuietStar::Impl::think_decode(const ModelConfig& c, const QuietStarOption
 // public entry points
 
 Status QuietStar::talk_logits(const Tensor& at, Tensor* mixed, Tensor* base) {
-  QS_RETURN_IF_ERROR(infer_require_cpu(*impl_->engine, "QuietStar.talkLogits"));
+  QS_RETURN_IF_ERROR(infer_require_device(*impl_->engine, model_->params(), "QuietStar.talkLogits"));
   QS_CHECK_ARG(mixed != nullptr && base != nullptr, "QuietStar.talkLogits: no output tensors");
   if (model_->params().params().dtype() == DType::F64)
     return impl_->talk_logits<double>(model_->config(), model_->params(), at, mixed, base);
@@ -224,7 +279,7 @@ Status QuietStar::talk_logits(const Tensor& at, Tensor* mixed, Tensor* base) {
 
 Status QuietStar::think_reset(int B, int max_len) {
   const char* what = "QuietStar.thinkResetCache";
-  QS_RETURN_IF_ERROR(infer_require_cpu(*impl_->engine, what));
+  QS_RETURN_IF_ERROR(infer_require_device(*impl_->engine, model_->params(), what));
   QS_CHECK_ARG(max_len >= 1 && max_len <= (1 << 24), "%s: maxLen must be an integer in [1, 2^24] (got %d)", what, max_len);
   const ModelConfig& c = model_->config();
   const int slots = max_len + think_length();
@@ -240,7 +295,7 @@ Status QuietStar::think_reset(int B, int max_len) {
 
 Status QuietStar::think_decode(const Tensor& ids, const Tensor& positions, const Tensor& valid, const Tensor& row_ids,
                                uint64_t seed, Tensor* logits, Tensor* base_logits, Tensor* thoughts) {
-  QS_RETURN_IF_ERROR(infer_require_cpu(*impl_->engine, "QuietStar.thinkDecode"));
+  QS_RETURN_IF_ERROR(infer_require_device(*impl_->engine, model_->params(), "QuietStar.thinkDecode"));
   QS_CHECK_ARG(logits != nullptr, "QuietStar.thinkDecode: no output tensor");
   if (model_->params().params().dtype() == DType::F64)
     return impl_->think_decode<double>(model_->config(), options_, model_->params(), ids, positions, valid, row_ids, seed,

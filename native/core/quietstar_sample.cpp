@@ -15,8 +15,9 @@
 //                sequential sampler on the literal sequence draws the same tokens (spec §9.2).
 // The steps after M (t_M, end marker, true tokens) produce no sample and are left to phase 2.
 #include <cmath>
-#include <cstring>
+#include <vector>
 
+#include "core/quietstar_backend.h"
 #include "core/quietstar_impl.h"
 #include "cpu/embedding.h"
 #include "cpu/thought_attention.h"
@@ -63,12 +64,14 @@ Status QuietStar::Impl::sample_thoughts(const ModelConfig& c, const QuietStarOpt
   const QsDims d = qs_dims(c, o, B, T_);
   std::vector<int32_t> noise_row;  // (R) the noise stream of each row
   QS_RETURN_IF_ERROR(noise_rows(what, row_ids, B, d.P, &noise_row));
-  Tensor out;
-  QS_RETURN_IF_ERROR(engine->empty(DType::I32, {d.R, T_, d.M}, &out));
+  Tensor out;  // host memory on every engine: phase 2 and the caller read the thoughts there
+  QS_RETURN_IF_ERROR(engine->empty_on(Device::CPU, DType::I32, {d.R, T_, d.M}, &out));
   if (d.M == 0) {  // nAhead <= 3: nothing is sampled
     *thoughts = out;
     return Status::Ok();
   }
+  const Exec ex = exec_of(*engine);
+  StagedArrays staged(*engine, ex);
   SampleBuffers<T>& b = sample<T>();
   Carver measure;
   carve_sample(measure, c, d, b);
@@ -76,73 +79,85 @@ Status QuietStar::Impl::sample_thoughts(const ModelConfig& c, const QuietStarOpt
   Carver cv{static_cast<char*>(sample_mem.raw())};
   carve_sample(cv, c, d, b);
 
-  const int32_t* ids = ids_t.data<int32_t>();
-  const uint8_t* valid = valid_t.defined() ? valid_t.data<uint8_t>() : nullptr;
+  const int64_t RT = d.RT, KV = d.KV, D = d.D;
   const cpu::ModelWeights<T> w = cpu::bind_weights<T>(c, p.layout(), p.params().data<T>());
   const QsWeights<T> qw = bind_qs_weights<T>(p.layout(), p.params().data<T>());
   const T scale = (T)(1.0 / std::sqrt((double)d.hd));
   const bool gpt2 = c.family == ModelFamily::GPT2;
+  // the step's index arrays: noise row and position of every (r, i); the base ids; validity
+  std::vector<int32_t> rows_h(RT), posi_h(RT), posc_h(RT);
   for (int r = 0; r < d.R; r++)
-    for (int i = 0; i < T_; i++) b.rows[(int64_t)r * T_ + i] = noise_row[r], b.posi[(int64_t)r * T_ + i] = i;
+    for (int i = 0; i < T_; i++) rows_h[(int64_t)r * T_ + i] = noise_row[r], posi_h[(int64_t)r * T_ + i] = i;
+  QS_RETURN_IF_ERROR(be::upload(ex, b.rows, rows_h.data(), sizeof(int32_t) * RT));
+  QS_RETURN_IF_ERROR(be::upload(ex, b.posi, posi_h.data(), sizeof(int32_t) * RT));
+  const int32_t *ids, *suppress;
+  const uint8_t* valid = nullptr;
+  QS_RETURN_IF_ERROR(staged.put(ids_t.data<int32_t>(), (size_t)d.BT, &ids));
+  if (valid_t.defined()) QS_RETURN_IF_ERROR(staged.put(valid_t.data<uint8_t>(), (size_t)d.BT, &valid));
+  const int32_t markers[2] = {o.start_id, o.end_id};
+  QS_RETURN_IF_ERROR(staged.put(markers, 2, &suppress));
 
   // ---- base pass: the K/V of every layer (positions 0..T-1 = posi's first B·T entries)
   {
-    cpu::embed_forward(c, w, b.x0, ids, b.posi, (int)d.BT);
+    QS_RETURN_IF_ERROR(be::embed_forward(ex, c, w, b.x0, ids, b.posi, (int)d.BT));
     cpu::AttnPattern pat{B, T_, T_, b.posi, b.posi, valid, c.sliding_window};
     T* x = b.x0;
     for (int l = 0; l < d.L; l++) {
       b.a.k = b.kb[l], b.a.v = b.vb[l];
-      cpu::block_qkv_forward(c, w.layers[l], b.a, x, b.posi, (int)d.BT);
+      QS_RETURN_IF_ERROR(be::block_qkv_forward(ex, c, w.layers[l], b.a, x, b.posi, (int)d.BT));
       if (l == d.L - 1) break;  // the last layer's output is never read
-      cpu::attention_forward_call(c, b.a, b.a.k, b.a.v, pat);
+      QS_RETURN_IF_ERROR(be::attention_forward_call(ex, c, b.a, b.a.k, b.a.v, pat));
       b.a.out = x == b.x0 ? b.x1 : b.x0;
-      cpu::block_out_forward(c, w.layers[l], b.a, x, (int)d.BT);
+      QS_RETURN_IF_ERROR(be::block_out_forward(ex, c, w.layers[l], b.a, x, (int)d.BT));
       x = b.a.out;
     }
   }
 
   // ---- chain steps 1..M, one token per (row, position) each
-  const int32_t suppress[2] = {o.start_id, o.end_id};
   cpu::ThoughtSampleParams sp;
   sp.temperature = o.thought_temperature;
   sp.policy_temperature = o.reinforce_temperature;
   sp.seed = seed;
+  std::vector<int64_t> every_row(RT);  // the start marker goes to every row of step 1
+  for (int64_t n = 0; n < RT; n++) every_row[n] = n;
+  const int64_t* every_row_e;
+  QS_RETURN_IF_ERROR(staged.put(every_row, &every_row_e));
+  void* sample_scratch;
+  QS_RETURN_IF_ERROR(staged.scratch(be::thought_sample_scratch_bytes(ex, (int)RT, d.V), &sample_scratch));
+  std::vector<int32_t> tok_copy;
   int32_t* th = out.data<int32_t>();
-  const int64_t RT = d.RT, KV = d.KV, D = d.D;
   for (int s = 1; s <= d.M; s++) {
-    for (int64_t n = 0; n < RT; n++) b.posc[n] = b.posi[n] + s;
-    if (s == 1) {  // the start marker, stored / embedding_scale (spec §2.3)
-      for (int64_t n = 0; n < RT; n++)
-        for (int j = 0; j < d.D; j++) b.x0[n * D + j] = (T)(o.embedding_scale * qw.start[j]);
-    } else {
-      cpu::embedding_forward<T>(b.x0, b.tok, w.wte, (int)RT, d.D);
-    }
-    if (gpt2) cpu::position_embedding_forward<T>(b.x0, b.posc, w.wpe, (int)RT, d.D);
+    for (int64_t n = 0; n < RT; n++) posc_h[n] = posi_h[n] + s;
+    QS_RETURN_IF_ERROR(be::upload(ex, b.posc, posc_h.data(), sizeof(int32_t) * RT));
+    if (s == 1)  // the start marker, stored / embedding_scale (spec §2.3)
+      QS_RETURN_IF_ERROR(be::fill_rows<T>(ex, b.x0, qw.start, every_row_e, RT, (int)D, (T)o.embedding_scale));
+    else
+      QS_RETURN_IF_ERROR(be::embedding_forward<T>(ex, b.x0, b.tok, w.wte, (int)RT, (int)D, d.V));
+    if (gpt2) QS_RETURN_IF_ERROR(be::position_embedding_forward<T>(ex, b.x0, b.posc, w.wpe, (int)RT, (int)D, c.max_seq_len));
     cpu::ThoughtAttentionShape sh{B, d.P, T_, 1, s, d.M, d.H, d.Hkv, d.hd, c.sliding_window};
     T* x = b.x0;
     for (int l = 0; l < d.L; l++) {
       b.a.k = b.kx, b.a.v = b.vx;
-      cpu::block_qkv_forward(c, w.layers[l], b.a, x, b.posc, (int)RT);
-      for (int r = 0; r < d.R; r++) {  // into the cache at (r, s - 1)
-        const int64_t dst = ((int64_t)r * d.M + s - 1) * T_ * KV, src = (int64_t)r * T_ * KV;
-        std::memcpy(b.kc[l] + dst, b.kx + src, sizeof(T) * (size_t)T_ * KV);
-        std::memcpy(b.vc[l] + dst, b.vx + src, sizeof(T) * (size_t)T_ * KV);
-      }
-      {
-        cpu::ProfScope ps(cpu::kProfAttention);
-        cpu::thought_attention_forward<T>(b.a.att, b.a.lse, b.a.q, b.kb[l], b.vb[l], b.kc[l], b.vc[l], valid, sh, scale);
-      }
+      QS_RETURN_IF_ERROR(be::block_qkv_forward(ex, c, w.layers[l], b.a, x, b.posc, (int)RT));
+      // into the cache at (r, s - 1) for every row r: (R, T·KV) rows into (R, M, T·KV)
+      const size_t step_bytes = sizeof(T) * (size_t)T_ * KV;
+      QS_RETURN_IF_ERROR(be::copy_rows(ex, b.kc[l] + (int64_t)(s - 1) * T_ * KV, step_bytes * d.M, b.kx, step_bytes,
+                                       step_bytes, (size_t)d.R));
+      QS_RETURN_IF_ERROR(be::copy_rows(ex, b.vc[l] + (int64_t)(s - 1) * T_ * KV, step_bytes * d.M, b.vx, step_bytes,
+                                       step_bytes, (size_t)d.R));
+      QS_RETURN_IF_ERROR(be::thought_attention_forward<T>(ex, b.a.att, b.a.lse, b.a.q, b.kb[l], b.vb[l], b.kc[l],
+                                                          b.vc[l], valid, sh, scale));
       b.a.out = x == b.x0 ? b.x1 : b.x0;
-      cpu::block_out_forward(c, w.layers[l], b.a, x, (int)RT);
+      QS_RETURN_IF_ERROR(be::block_out_forward(ex, c, w.layers[l], b.a, x, (int)RT));
       x = b.a.out;
     }
-    cpu::final_norm_forward(c, w, b.hf, b.mean, b.rstd, x, (int)RT);
+    QS_RETURN_IF_ERROR(be::final_norm_forward(ex, c, w, b.hf, b.mean, b.rstd, x, (int)RT));
     sp.step = (uint32_t)s;
-    {
-      cpu::ProfScope ps(cpu::kProfHead);
-      cpu::thought_sample<T>(b.tok, nullptr, nullptr, b.hf, w.head, (int)RT, d.D, d.V, b.rows, b.posi, suppress, 2, sp);
-    }
-    for (int64_t n = 0; n < RT; n++) th[n * d.M + s - 1] = b.tok[n];
+    QS_RETURN_IF_ERROR(be::thought_sample<T>(ex, b.tok, b.hf, w.head, (int)RT, (int)D, d.V, b.rows, b.posi, suppress, 2,
+                                             sp, sample_scratch));
+    const int32_t* tok_h;
+    QS_RETURN_IF_ERROR(be::host_view(ex, (const int32_t*)b.tok, RT, &tok_copy, &tok_h));
+    for (int64_t n = 0; n < RT; n++) th[n * d.M + s - 1] = tok_h[n];
   }
   *thoughts = out;
   return Status::Ok();

@@ -31,6 +31,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/quietstar_backend.h"
 #include "core/quietstar_impl.h"
 #include "cpu/embedding.h"
 #include "cpu/lmhead_xent.h"
@@ -43,12 +44,17 @@ namespace {
 
 template <typename T>
 void carve_train2(Carver& cv, const ModelConfig& c, const QsDims& d, TrainBuffers2<T>& t, int64_t pol_max, bool keep_base,
-                  bool keep_talk, bool keep_pol) {
+                  bool keep_talk, bool keep_pol, bool recompute) {
   const int64_t n = d.rows, D = d.D, Q = d.Q, KV = d.KV, F = d.F, V = d.V, nt = d.talk;
   const bool llama = c.family != ModelFamily::GPT2;
   t.x0 = cv.take<T>(n * D);
-  t.layers.resize(d.L);
-  for (auto& a : t.layers) qs_carve_layer(cv, c, n, a, true, true);
+  t.layers.assign(d.L, cpu::LayerActs<T>());
+  if (recompute) {
+    for (auto& a : t.layers) a.out = cv.take<T>(n * D);
+    qs_carve_layer(cv, c, n, t.work, false, true);
+  } else {
+    for (auto& a : t.layers) qs_carve_layer(cv, c, n, a, true, true);
+  }
   t.hf = cv.take<T>(n * D);
   t.lnf_mean = llama ? nullptr : cv.take<T>(n);
   t.lnf_rstd = cv.take<T>(n);
@@ -82,23 +88,30 @@ void carve_train2(Carver& cv, const ModelConfig& c, const QsDims& d, TrainBuffer
   t.dhp = cv.take<T>(pol_max * D);
 }
 
-// Fused LM head + cross-entropy, keeping the unit gradient G when given.
+// Fused LM head + cross-entropy, keeping the unit gradient G when given (CPU only: on CUDA the
+// head never keeps G; its backward recomputes the logits chunk by chunk).
 template <typename T>
-void head_forward(T* loss, float* lse, T* G, const T* h, const T* W, const int32_t* tg, int64_t n, int D, int V) {
-  if (n <= 0) return;
-  cpu::ProfScope ps(cpu::kProfHead);
-  if (G) cpu::lmhead_xent_forward_keep<T>(loss, lse, G, h, W, tg, (int)n, D, V, kIgnoreIndex, 0);
-  else cpu::lmhead_xent_forward<T>(loss, lse, h, W, tg, (int)n, D, V, kIgnoreIndex, 0);
+Status head_forward(const Exec& ex, StagedArrays& staged, T* loss, float* lse, T* G, const T* h, const T* W,
+                    const int32_t* tg, int64_t n, int D, int V) {
+  if (n <= 0) return Status::Ok();
+  if (G) {
+    cpu::ProfScope ps(cpu::kProfHead);
+    cpu::lmhead_xent_forward_keep<T>(loss, lse, G, h, W, tg, (int)n, D, V, kIgnoreIndex, 0);
+    return Status::Ok();
+  }
+  void* scratch;
+  QS_RETURN_IF_ERROR(staged.scratch(be::xent_scratch_bytes(ex, (int)n, V), &scratch));
+  return be::lmhead_xent_forward<T>(ex, loss, lse, h, W, tg, (int)n, D, V, kIgnoreIndex, scratch);
 }
 
 // dh +=, dW += from per-row dloss. With G: its counted rows are scaled by their dloss (G is
 // spent), then one kept backward; otherwise the recomputing backward.
 template <typename T>
-void head_backward(T* dh, T* dW, const T* dloss, T* G, const T* h, const T* W, const int32_t* tg, const float* lse,
-                   int64_t n, int D, int V) {
-  if (n <= 0) return;
-  cpu::ProfScope ps(cpu::kProfHead);
+Status head_backward(const Exec& ex, StagedArrays& staged, T* dh, T* dW, const T* dloss, T* G, const T* h, const T* W,
+                     const int32_t* tg, const float* lse, int64_t n, int D, int V) {
+  if (n <= 0) return Status::Ok();
   if (G) {
+    cpu::ProfScope ps(cpu::kProfHead);
     std::vector<int64_t> counted;
     for (int64_t r = 0; r < n; r++)
       if (tg[r] != kIgnoreIndex) counted.push_back(r);
@@ -110,25 +123,11 @@ void head_backward(T* dh, T* dW, const T* dloss, T* G, const T* h, const T* W, c
       for (int v = 0; v < V; v++) g[v] *= f;
     }
     cpu::lmhead_xent_backward_kept<T>(dh, dW, T(1), G, h, W, tg, (int)n, D, V, kIgnoreIndex);
-  } else {
-    cpu::lmhead_xent_backward<T>(dh, dW, dloss, h, W, tg, lse, (int)n, D, V, kIgnoreIndex, 0);
+    return Status::Ok();
   }
-}
-
-// dst[row(n)] += f · src[n] (n, D) over column chunks (each element summed in n order: rows may repeat)
-template <typename T, typename RowOf>
-void scatter_rows(T* dst, const T* src, int64_t n, int D, T f, RowOf row) {
-  constexpr int kCols = 64;
-  const int nch = (D + kCols - 1) / kCols;
-#pragma omp parallel for schedule(static) if (n * D > (1 << 15) && nch > 1)
-  for (int ch = 0; ch < nch; ch++) {
-    const int c0 = ch * kCols, c1 = std::min(D, c0 + kCols);
-    for (int64_t k = 0; k < n; k++) {
-      T* o = dst + row(k) * D;
-      const T* s = src + k * D;
-      for (int j = c0; j < c1; j++) o[j] += f * s[j];
-    }
-  }
+  void* scratch;
+  QS_RETURN_IF_ERROR(staged.scratch(be::xent_scratch_bytes(ex, (int)n, V), &scratch));
+  return be::lmhead_xent_backward<T>(ex, dh, dW, dloss, h, W, tg, lse, (int)n, D, V, kIgnoreIndex, scratch);
 }
 
 }  // namespace
@@ -146,6 +145,8 @@ Status QuietStar::Impl::forward_backward(const ModelConfig& c, const QuietStarOp
   dims = d;
   const int D = d.D, V = d.V, P = d.P, R = d.R, S = d.S, M = d.M, N = d.N, A = d.A;
   const int64_t BT = d.BT, rows = d.rows;
+  const Exec ex = exec_of(*engine);
+  StagedArrays staged(*engine, ex);  // host arrays the kernels read, and device scratch
 
   // ---- host-side layout: copies of the inputs, positions, input tokens, targets
   ids.assign(ids_t.data<int32_t>(), ids_t.data<int32_t>() + BT);
@@ -188,18 +189,34 @@ Status QuietStar::Impl::forward_backward(const ModelConfig& c, const QuietStarOp
         count_talk[k] += t != kIgnoreIndex;
       }
 
+  // the rows the heads read: talk row n = (k, r, i) reads base row (b, i + k) and its chain row;
+  // the marker rows (r, 1, i) and (r, N - 1, i)
+  std::vector<int64_t> talk_brow(d.talk), talk_crow(d.talk), start_rows(S > 0 ? d.RT : 0), end_rows(S > 0 ? d.RT : 0);
+  for (int k = 0; k < A; k++)
+    for (int r = 0; r < R; r++)
+      for (int i = 0; i < T_ - 1 - k; i++) {
+        const int64_t n = d.talk_off[k] + (int64_t)r * (T_ - 1 - k) + i;
+        talk_brow[n] = (int64_t)(r / P) * T_ + i + k;
+        talk_crow[n] = d.talk_chain_row(r, k, i);
+      }
+  for (int r = 0; r < R && S > 0; r++)
+    for (int i = 0; i < T_; i++) {
+      start_rows[(int64_t)r * T_ + i] = d.chain_row(r, 1, i);
+      end_rows[(int64_t)r * T_ + i] = d.chain_row(r, N - 1, i);
+    }
+
   // ---- buffers (the policy rows are known only after the rewards: sized for the most)
   const int64_t pol_max = (int64_t)R * M * (full_policy ? T_ : d.TA);
   const int64_t sz = sizeof(T);
-  keep_base = BT * V * sz <= logits_budget;
-  keep_talk = (keep_base ? BT : 0) * V * sz + d.talk * V * sz <= logits_budget;
-  keep_policy = ((keep_base ? BT : 0) + (keep_talk ? d.talk : 0) + pol_max) * V * sz <= logits_budget;
+  keep_base = !ex.cuda && BT * V * sz <= logits_budget;  // the CUDA head recomputes instead
+  keep_talk = !ex.cuda && (keep_base ? BT : 0) * V * sz + d.talk * V * sz <= logits_budget;
+  keep_policy = !ex.cuda && ((keep_base ? BT : 0) + (keep_talk ? d.talk : 0) + pol_max) * V * sz <= logits_budget;
   TrainBuffers2<T>& tb = train<T>();
   Carver measure;
-  carve_train2(measure, c, d, tb, pol_max, keep_base, keep_talk, keep_policy);
+  carve_train2(measure, c, d, tb, pol_max, keep_base, keep_talk, keep_policy, o.recompute_activations);
   QS_RETURN_IF_ERROR(ensure(train_mem, measure.used));
   Carver cv{static_cast<char*>(train_mem.raw())};
-  carve_train2(cv, c, d, tb, pol_max, keep_base, keep_talk, keep_policy);
+  carve_train2(cv, c, d, tb, pol_max, keep_base, keep_talk, keep_policy, o.recompute_activations);
   policy_max = pol_max;
 
   T* flat = p.params().data<T>();
@@ -207,77 +224,81 @@ Status QuietStar::Impl::forward_backward(const ModelConfig& c, const QuietStarOp
   const QsWeights<T> qw = bind_qs_weights<T>(p.layout(), flat);
   const T scale = (T)(1.0 / std::sqrt((double)d.hd));
   const bool gpt2 = c.family == ModelFamily::GPT2;
-  const uint8_t* vp = valid.data();
+  // the index arrays where the kernels read them (device copies on a CUDA engine)
+  const int32_t *tok_e, *pos_e, *base_tg_e, *talk_tg_e;
+  const uint8_t* valid_e;
+  const int64_t *talk_brow_e, *talk_crow_e, *start_rows_e, *end_rows_e;
+  QS_RETURN_IF_ERROR(staged.put(tok, &tok_e));
+  QS_RETURN_IF_ERROR(staged.put(pos, &pos_e));
+  QS_RETURN_IF_ERROR(staged.put(valid, &valid_e));
+  QS_RETURN_IF_ERROR(staged.put(base_tg, &base_tg_e));
+  QS_RETURN_IF_ERROR(staged.put(talk_tg, &talk_tg_e));
+  QS_RETURN_IF_ERROR(staged.put(talk_brow, &talk_brow_e));
+  QS_RETURN_IF_ERROR(staged.put(talk_crow, &talk_crow_e));
+  QS_RETURN_IF_ERROR(staged.put(start_rows, &start_rows_e));
+  QS_RETURN_IF_ERROR(staged.put(end_rows, &end_rows_e));
 
   // ---- inputs: token rows from the table, marker rows from start/end_embedding (× scale)
   {
     cpu::ProfScope ps(cpu::kProfEmbed);
-    cpu::embedding_forward<T>(tb.x0, tok.data(), w.wte, (int)rows, D);
-    for (int r = 0; r < R && S > 0; r++)
-      for (int i = 0; i < T_; i++) {
-        T* xs = tb.x0 + d.chain_row(r, 1, i) * D;
-        T* xe = tb.x0 + d.chain_row(r, N - 1, i) * D;
-        for (int j = 0; j < D; j++) {
-          xs[j] = (T)(o.embedding_scale * qw.start[j]);
-          xe[j] = (T)(o.embedding_scale * qw.end[j]);
-        }
-      }
-    if (gpt2) cpu::position_embedding_forward<T>(tb.x0, pos.data(), w.wpe, (int)rows, D);
+    QS_RETURN_IF_ERROR(be::embedding_forward<T>(ex, tb.x0, tok_e, w.wte, (int)rows, D, V));
+    if (S > 0) {
+      QS_RETURN_IF_ERROR(be::fill_rows<T>(ex, tb.x0, qw.start, start_rows_e, d.RT, D, (T)o.embedding_scale));
+      QS_RETURN_IF_ERROR(be::fill_rows<T>(ex, tb.x0, qw.end, end_rows_e, d.RT, D, (T)o.embedding_scale));
+    }
+    if (gpt2) QS_RETURN_IF_ERROR(be::position_embedding_forward<T>(ex, tb.x0, pos_e, w.wpe, (int)rows, D, c.max_seq_len));
   }
 
   // ---- the layers
-  const cpu::AttnPattern base_pat{B, T_, T_, pos.data(), pos.data(), vp, c.sliding_window};
+  const cpu::AttnPattern base_pat{B, T_, T_, pos_e, pos_e, valid_e, c.sliding_window};
   const cpu::ThoughtAttentionShape chain_sh{B, P, T_, S, 1, S, d.H, d.Hkv, d.hd, c.sliding_window};
-  for (int l = 0; l < d.L; l++) {
-    cpu::LayerActs<T>& a = tb.layers[l];
+  const bool recompute = o.recompute_activations;
+  // Layer l's forward into acts (the layer's own, or `work` with out = layers[l].out).
+  auto layer_forward = [&](int l) -> Status {
+    cpu::LayerActs<T>& a = recompute ? tb.work : tb.layers[l];
+    if (recompute) a.out = tb.layers[l].out;
     const T* x = l == 0 ? tb.x0 : tb.layers[l - 1].out;
-    cpu::block_qkv_forward(c, w.layers[l], a, x, pos.data(), (int)rows);
-    cpu::attention_forward_call(c, a, a.k, a.v, base_pat);  // the base rows come first
-    if (S > 0) {
-      cpu::ProfScope ps(cpu::kProfAttention);
-      cpu::thought_attention_forward<T>(a.att + BT * d.Q, a.lse + BT * d.H, a.q + BT * d.Q, a.k, a.v, a.k + BT * d.KV,
-                                        a.v + BT * d.KV, vp, chain_sh, scale);
-    }
-    cpu::block_out_forward(c, w.layers[l], a, x, (int)rows);
-  }
+    QS_RETURN_IF_ERROR(be::block_qkv_forward(ex, c, w.layers[l], a, x, pos_e, (int)rows));
+    QS_RETURN_IF_ERROR(be::attention_forward_call(ex, c, a, a.k, a.v, base_pat));  // the base rows come first
+    if (S > 0)
+      QS_RETURN_IF_ERROR(be::thought_attention_forward<T>(ex, a.att + BT * d.Q, a.lse + BT * d.H, a.q + BT * d.Q, a.k,
+                                                          a.v, a.k + BT * d.KV, a.v + BT * d.KV, valid_e, chain_sh,
+                                                          scale));
+    return be::block_out_forward(ex, c, w.layers[l], a, x, (int)rows);
+  };
+  for (int l = 0; l < d.L; l++) QS_RETURN_IF_ERROR(layer_forward(l));
   const T* x_last = tb.layers[d.L - 1].out;
-  cpu::final_norm_forward(c, w, tb.hf, tb.lnf_mean, tb.lnf_rstd, x_last, (int)rows);
+  QS_RETURN_IF_ERROR(be::final_norm_forward(ex, c, w, tb.hf, tb.lnf_mean, tb.lnf_rstd, x_last, (int)rows));
 
   // ---- base head
-  head_forward(tb.base_loss, tb.base_lse, tb.base_G, tb.hf, w.head, base_tg.data(), BT, D, V);
+  QS_RETURN_IF_ERROR(head_forward(ex, staged, tb.base_loss, tb.base_lse, tb.base_G, tb.hf, w.head, base_tg_e, BT, D, V));
+  std::vector<T> base_loss_copy, talk_loss_copy, w_copy, pol_loss_copy;
+  const T *base_loss_h, *talk_loss_h, *w_h, *pol_loss_h;
+  QS_RETURN_IF_ERROR(be::host_view(ex, (const T*)tb.base_loss, BT, &base_loss_copy, &base_loss_h));
   double sum_base = 0;
-  for (int64_t n = 0; n < BT; n++) sum_base += (double)tb.base_loss[n];
+  for (int64_t n = 0; n < BT; n++) sum_base += (double)base_loss_h[n];
 
   // ---- talk: gather (h_base(i + k), h_chain), mixing head, LM head on the mixed state
   const cpu::MixingWeights<T> mw{qw.w1, qw.b1, qw.w2, qw.b2, qw.w3};
   const cpu::MixingActs<T> ma{tb.z1, tb.a1, tb.z2, tb.a2, tb.wraw, tb.w, tb.hm};
-  auto talk_base_row = [&](int k, int r, int i) { return (int64_t)(r / P) * T_ + i + k; };
-  for (int k = 0; k < A; k++) {
-    const int len = T_ - 1 - k;
-    if (len <= 0) continue;
-#pragma omp parallel for schedule(static) if ((int64_t)R * len * D > (1 << 15))
-    for (int r = 0; r < R; r++)
-      for (int i = 0; i < len; i++) {
-        const int64_t n = d.talk_off[k] + (int64_t)r * len + i;
-        std::memcpy(tb.Hb + n * D, tb.hf + talk_base_row(k, r, i) * D, sizeof(T) * (size_t)D);
-        std::memcpy(tb.Hc + n * D, tb.hf + d.talk_chain_row(r, k, i) * D, sizeof(T) * (size_t)D);
-      }
-  }
-  {
-    cpu::ProfScope ps(cpu::kProfMatmul);
-    cpu::mixing_forward<T>(ma, tb.Hb, tb.Hc, mw, (int)d.talk, D, o.mixing_weights_base, o.mixing_sigmoid);
-  }
-  head_forward(tb.talk_loss, tb.talk_lse, tb.talk_G, tb.hm, w.head, talk_tg.data(), d.talk, D, V);
+  QS_RETURN_IF_ERROR(be::gather_rows<T>(ex, tb.Hb, tb.hf, talk_brow_e, d.talk, D, T(1)));
+  QS_RETURN_IF_ERROR(be::gather_rows<T>(ex, tb.Hc, tb.hf, talk_crow_e, d.talk, D, T(1)));
+  QS_RETURN_IF_ERROR(
+      be::mixing_forward<T>(ex, ma, tb.Hb, tb.Hc, mw, (int)d.talk, D, o.mixing_weights_base, o.mixing_sigmoid));
+  QS_RETURN_IF_ERROR(
+      head_forward(ex, staged, tb.talk_loss, tb.talk_lse, tb.talk_G, tb.hm, w.head, talk_tg_e, d.talk, D, V));
+  QS_RETURN_IF_ERROR(be::host_view(ex, (const T*)tb.talk_loss, d.talk, &talk_loss_copy, &talk_loss_h));
+  QS_RETURN_IF_ERROR(be::host_view(ex, (const T*)tb.w, d.talk, &w_copy, &w_h));
   std::vector<double> sum_talk(A, 0.0);
   for (int k = 0; k < A; k++)
-    for (int64_t n = d.talk_off[k]; n < d.talk_off[k + 1]; n++) sum_talk[k] += (double)tb.talk_loss[n];
+    for (int64_t n = d.talk_off[k]; n < d.talk_off[k + 1]; n++) sum_talk[k] += (double)talk_loss_h[n];
 
   // ---- rewards (detached) and the policy weights
   std::vector<double> kept_weight;
   if (frozen) kept_weight = weight;
   reward.assign(d.RT, 0.0);
   weight.assign(d.RT, 0.0);
-  cpu::quietstar_rewards<T>(reward.data(), weight.data(), tb.base_loss, tb.talk_loss, d.talk_off.data(), B, P, T_, A,
+  cpu::quietstar_rewards<T>(reward.data(), weight.data(), base_loss_h, talk_loss_h, d.talk_off.data(), B, P, T_, A,
                             o.trice_baseline, o.remove_negative_rewards);
   if (frozen) weight = kept_weight;
 
@@ -285,13 +306,19 @@ Status QuietStar::Impl::forward_backward(const ModelConfig& c, const QuietStarOp
   const int lo = std::min(o.start_id, o.end_id), hi = std::max(o.start_id, o.end_id);
   const bool markers_last = lo == V - 2 && hi == V - 1;
   const int Vc = V - 2;
-  std::vector<T> Wc_copy;
+  T* Wc_copy = nullptr;            // (Vc, D) engine memory
+  std::vector<int64_t> head_rows;  // the head's rows without the markers (when they are not last)
   if (!markers_last && M > 0) {
-    Wc_copy.resize((size_t)Vc * D);
-    for (int v = 0, u = 0; v < V; v++)
-      if (v != lo && v != hi) std::memcpy(Wc_copy.data() + (size_t)(u++) * D, w.head + (int64_t)v * D, sizeof(T) * D);
+    for (int v = 0; v < V; v++)
+      if (v != lo && v != hi) head_rows.push_back(v);
+    const int64_t* head_rows_e;
+    void* mem;
+    QS_RETURN_IF_ERROR(staged.put(head_rows, &head_rows_e));
+    QS_RETURN_IF_ERROR(staged.scratch(sizeof(T) * (size_t)Vc * D, &mem));
+    Wc_copy = static_cast<T*>(mem);
+    QS_RETURN_IF_ERROR(be::gather_rows<T>(ex, Wc_copy, w.head, head_rows_e, Vc, D, T(1)));
   }
-  const T* Wc = markers_last ? w.head : Wc_copy.data();
+  const T* Wc = markers_last ? w.head : Wc_copy;
   pol_r.clear(), pol_m.clear(), pol_i.clear(), pol_tg.clear();
   for (int r = 0; r < R && d.TA > 0; r++)
     for (int m = 1; m <= M; m++)
@@ -303,18 +330,20 @@ Status QuietStar::Impl::forward_backward(const ModelConfig& c, const QuietStarOp
       }
   const int64_t np = (int64_t)pol_r.size();
   const T inv_tau = (T)(1.0 / o.reinforce_temperature);
-#pragma omp parallel for schedule(static) if (np * D > (1 << 15))
-  for (int64_t n = 0; n < np; n++) {
-    const T* src = tb.hf + d.chain_row(pol_r[n], pol_m[n], pol_i[n]) * D;
-    T* dst = tb.hp + n * D;
-    for (int j = 0; j < D; j++) dst[j] = src[j] * inv_tau;
-  }
-  head_forward(tb.pol_loss, tb.pol_lse, tb.pol_G, tb.hp, Wc, pol_tg.data(), np, D, Vc);
+  std::vector<int64_t> pol_row(np);  // the chain row each policy row reads
+  for (int64_t n = 0; n < np; n++) pol_row[n] = d.chain_row(pol_r[n], pol_m[n], pol_i[n]);
+  const int64_t* pol_row_e;
+  const int32_t* pol_tg_e;
+  QS_RETURN_IF_ERROR(staged.put(pol_row, &pol_row_e));
+  QS_RETURN_IF_ERROR(staged.put(pol_tg, &pol_tg_e));
+  QS_RETURN_IF_ERROR(be::gather_rows<T>(ex, tb.hp, tb.hf, pol_row_e, np, D, inv_tau));
+  QS_RETURN_IF_ERROR(head_forward(ex, staged, tb.pol_loss, tb.pol_lse, tb.pol_G, tb.hp, Wc, pol_tg_e, np, D, Vc));
+  QS_RETURN_IF_ERROR(be::host_view(ex, (const T*)tb.pol_loss, np, &pol_loss_copy, &pol_loss_h));
   pol_logp.assign((size_t)R * M * T_, 0.0);
   double pol_sum = 0;
   for (int64_t n = 0; n < np; n++) {
-    pol_logp[((int64_t)pol_r[n] * M + pol_m[n] - 1) * T_ + pol_i[n]] = -(double)tb.pol_loss[n];
-    if (pol_i[n] < d.TA) pol_sum += weight[(int64_t)pol_r[n] * T_ + pol_i[n]] * (double)tb.pol_loss[n];
+    pol_logp[((int64_t)pol_r[n] * M + pol_m[n] - 1) * T_ + pol_i[n]] = -(double)pol_loss_h[n];
+    if (pol_i[n] < d.TA) pol_sum += weight[(int64_t)pol_r[n] * T_ + pol_i[n]] * (double)pol_loss_h[n];
   }
   const double pol_den = (double)M * R * d.TA;
   const double policy_loss = pol_den > 0 ? pol_sum / pol_den : 0.0;
@@ -348,7 +377,7 @@ Status QuietStar::Impl::forward_backward(const ModelConfig& c, const QuietStarOp
     int64_t nw = 0;
     for (int64_t k = 0; k < d.talk; k++) {
       if (talk_tg[k] == kIgnoreIndex) continue;
-      const double x = (double)tb.w[k];
+      const double x = (double)w_h[k];
       if (nw == 0) wmin = wmax = x;
       wmin = std::min(wmin, x), wmax = std::max(wmax, x);
       w1 += x, w2 += x * x, nw++;
@@ -373,122 +402,112 @@ Status QuietStar::Impl::forward_backward(const ModelConfig& c, const QuietStarOp
   const QsWeights<T> qg = bind_qs_weights<T>(p.layout(), p.grads().data<T>());
   cpu::Scratch<T>& s = tb.s;
   T* dhf = s.dln;
-  std::memset(dhf, 0, sizeof(T) * (size_t)rows * D);
+  QS_RETURN_IF_ERROR(be::zero(ex, dhf, sizeof(T) * (size_t)rows * D));
+  std::vector<T> dloss;  // per-row d(loss)/d(row loss) of one head, uploaded into tb.dloss
 
   // base NLL
   if (count_base > 0) {
     const T f = (T)(loss_scale * o.base_loss_beta * o.original_loss_weight / (double)count_base);
-    for (int64_t n = 0; n < BT; n++) tb.dloss[n] = base_tg[n] != kIgnoreIndex ? f : T(0);
-    head_backward(dhf, g.head, tb.dloss, tb.base_G, tb.hf, w.head, base_tg.data(), tb.base_lse, BT, D, V);
+    dloss.assign(BT, T(0));
+    for (int64_t n = 0; n < BT; n++) dloss[n] = base_tg[n] != kIgnoreIndex ? f : T(0);
+    QS_RETURN_IF_ERROR(be::upload(ex, tb.dloss, dloss.data(), sizeof(T) * dloss.size()));
+    QS_RETURN_IF_ERROR(
+        head_backward(ex, staged, dhf, g.head, tb.dloss, tb.base_G, tb.hf, w.head, base_tg_e, tb.base_lse, BT, D, V));
   }
 
   // talk NLL: LM head, mixing head, then the two hidden states it read
   if (d.talk > 0) {
+    dloss.assign(d.talk, T(0));
     for (int k = 0; k < A; k++) {
       const T f = count_talk[k] > 0
                       ? (T)(loss_scale * o.base_loss_beta * (1 - o.original_loss_weight) / ((double)A * count_talk[k]))
                       : T(0);
-      for (int64_t n = d.talk_off[k]; n < d.talk_off[k + 1]; n++) tb.dloss[n] = talk_tg[n] != kIgnoreIndex ? f : T(0);
+      for (int64_t n = d.talk_off[k]; n < d.talk_off[k + 1]; n++) dloss[n] = talk_tg[n] != kIgnoreIndex ? f : T(0);
     }
-    std::memset(tb.dhm, 0, sizeof(T) * (size_t)d.talk * D);
-    head_backward(tb.dhm, g.head, tb.dloss, tb.talk_G, tb.hm, w.head, talk_tg.data(), tb.talk_lse, d.talk, D, V);
+    QS_RETURN_IF_ERROR(be::upload(ex, tb.dloss, dloss.data(), sizeof(T) * dloss.size()));
+    QS_RETURN_IF_ERROR(be::zero(ex, tb.dhm, sizeof(T) * (size_t)d.talk * D));
+    QS_RETURN_IF_ERROR(head_backward(ex, staged, tb.dhm, g.head, tb.dloss, tb.talk_G, tb.hm, w.head, talk_tg_e,
+                                     tb.talk_lse, d.talk, D, V));
     const cpu::MixingGrads<T> mg{qg.w1, qg.b1, qg.w2, qg.b2, qg.w3};
-    {
-      cpu::ProfScope ps(cpu::kProfMatmul);
-      cpu::mixing_backward<T>(tb.dHb, tb.dHc, mg, tb.dhm, tb.t1, tb.dwv, ma, tb.Hb, tb.Hc, mw, (int)d.talk, D,
-                              o.mixing_weights_base, o.mixing_sigmoid);
-    }
-    // row of talk row n: (k, r, i) from the block offsets
-    std::vector<int64_t> brow(d.talk), crow(d.talk);
-    for (int k = 0; k < A; k++) {
-      const int len = T_ - 1 - k;
-      for (int r = 0; r < R && len > 0; r++)
-        for (int i = 0; i < len; i++) {
-          const int64_t n = d.talk_off[k] + (int64_t)r * len + i;
-          brow[n] = talk_base_row(k, r, i);
-          crow[n] = d.talk_chain_row(r, k, i);
-        }
-    }
+    QS_RETURN_IF_ERROR(be::mixing_backward<T>(ex, tb.dHb, tb.dHc, mg, tb.dhm, tb.t1, tb.dwv, ma, tb.Hb, tb.Hc, mw,
+                                              (int)d.talk, D, o.mixing_weights_base, o.mixing_sigmoid));
     cpu::ProfScope ps(cpu::kProfElementwise);
-    scatter_rows<T>(dhf, tb.dHb, d.talk, D, T(1), [&](int64_t n) { return brow[n]; });
-    scatter_rows<T>(dhf, tb.dHc, d.talk, D, T(1), [&](int64_t n) { return crow[n]; });
+    // base rows repeat (i + k for several k); chain rows repeat when nAhead = 1
+    QS_RETURN_IF_ERROR(be::scatter_add_rows<T>(ex, staged, dhf, tb.dHb, talk_brow, D, T(1)));
+    QS_RETURN_IF_ERROR(be::scatter_add_rows<T>(ex, staged, dhf, tb.dHc, talk_crow, D, T(1)));
   }
 
   // policy: -weight · log π at the scored rows (rewards detached: weights are constants)
   if (np > 0 && pol_den > 0 && o.policy_loss_beta != 0) {
     const double f = loss_scale * o.policy_loss_beta / pol_den;
+    dloss.assign(np, T(0));
     for (int64_t n = 0; n < np; n++)
-      tb.dloss[n] = pol_i[n] < d.TA ? (T)(f * weight[(int64_t)pol_r[n] * T_ + pol_i[n]]) : T(0);
-    std::memset(tb.dhp, 0, sizeof(T) * (size_t)np * D);
-    std::vector<T> dWc_copy;
+      dloss[n] = pol_i[n] < d.TA ? (T)(f * weight[(int64_t)pol_r[n] * T_ + pol_i[n]]) : T(0);
+    QS_RETURN_IF_ERROR(be::upload(ex, tb.dloss, dloss.data(), sizeof(T) * dloss.size()));
+    QS_RETURN_IF_ERROR(be::zero(ex, tb.dhp, sizeof(T) * (size_t)np * D));
     T* dWc = g.head;
-    if (!markers_last) {
-      dWc_copy.assign((size_t)Vc * D, T(0));
-      dWc = dWc_copy.data();
+    if (!markers_last) {  // the compact head's gradient, added back into the head's rows below
+      void* mem;
+      QS_RETURN_IF_ERROR(staged.scratch(sizeof(T) * (size_t)Vc * D, &mem));
+      dWc = static_cast<T*>(mem);
+      QS_RETURN_IF_ERROR(be::zero(ex, dWc, sizeof(T) * (size_t)Vc * D));
     }
-    head_backward(tb.dhp, dWc, tb.dloss, tb.pol_G, tb.hp, Wc, pol_tg.data(), tb.pol_lse, np, D, Vc);
-    if (!markers_last)
-      for (int v = 0, u = 0; v < V; v++) {
-        if (v == lo || v == hi) continue;
-        T* dst = g.head + (int64_t)v * D;
-        const T* src = dWc_copy.data() + (size_t)(u++) * D;
-        for (int j = 0; j < D; j++) dst[j] += src[j];
-      }
-    // h/τ: d(h) = d(h/τ) / τ; each chain row appears once
+    QS_RETURN_IF_ERROR(
+        head_backward(ex, staged, tb.dhp, dWc, tb.dloss, tb.pol_G, tb.hp, Wc, pol_tg_e, tb.pol_lse, np, D, Vc));
     cpu::ProfScope ps(cpu::kProfElementwise);
-    scatter_rows<T>(dhf, tb.dhp, np, D, inv_tau, [&](int64_t n) { return d.chain_row(pol_r[n], pol_m[n], pol_i[n]); });
+    if (!markers_last) QS_RETURN_IF_ERROR(be::scatter_add_rows<T>(ex, staged, g.head, dWc, head_rows, D, T(1)));
+    // h/τ: d(h) = d(h/τ) / τ; each chain row appears once
+    QS_RETURN_IF_ERROR(be::scatter_add_rows<T>(ex, staged, dhf, tb.dhp, pol_row, D, inv_tau));
   }
 
   // final norm, then the layers in reverse
-  std::memset(s.dres, 0, sizeof(T) * (size_t)rows * D);
-  cpu::final_norm_backward(c, w, g, s.dres, dhf, x_last, tb.lnf_mean, tb.lnf_rstd, (int)rows);
+  QS_RETURN_IF_ERROR(be::zero(ex, s.dres, sizeof(T) * (size_t)rows * D));
+  QS_RETURN_IF_ERROR(be::final_norm_backward(ex, c, w, g, s.dres, dhf, x_last, tb.lnf_mean, tb.lnf_rstd, (int)rows));
+  void *att_scratch, *chain_scratch;
+  QS_RETURN_IF_ERROR(staged.scratch(be::attention_scratch_bytes(ex, c, base_pat), &att_scratch));
+  QS_RETURN_IF_ERROR(staged.scratch(S > 0 ? be::thought_attention_scratch_bytes(ex, chain_sh) : 0, &chain_scratch));
   for (int l = d.L - 1; l >= 0; l--) {
-    const cpu::LayerActs<T>& a = tb.layers[l];
+    // recomputation: the layer's activations again, deterministic kernels so exactly the
+    // forward's (its output is rewritten with the same values)
+    if (recompute) QS_RETURN_IF_ERROR(layer_forward(l));
+    const cpu::LayerActs<T>& a = recompute ? tb.work : tb.layers[l];
     const T* x = l == 0 ? tb.x0 : tb.layers[l - 1].out;
-    cpu::block_out_backward(c, w.layers[l], g.layers[l], a, s, (int)rows);
-    cpu::attention_backward_call(c, a, s, base_pat);  // overwrites the base rows' dq, dk, dv
+    QS_RETURN_IF_ERROR(be::block_out_backward(ex, c, w.layers[l], g.layers[l], a, s, (int)rows));
+    // overwrites the base rows' dq, dk, dv
+    QS_RETURN_IF_ERROR(be::attention_backward_call(ex, c, a, s, base_pat, att_scratch));
     if (S > 0) {
       const int64_t nq = d.chain * d.Q, nk = d.chain * d.KV;
-      std::memset(s.dq + BT * d.Q, 0, sizeof(T) * (size_t)nq);
-      std::memset(s.dk + BT * d.KV, 0, sizeof(T) * (size_t)nk);
-      std::memset(s.dv + BT * d.KV, 0, sizeof(T) * (size_t)nk);
-      cpu::ProfScope ps(cpu::kProfAttention);
-      cpu::thought_attention_backward<T>(s.dq + BT * d.Q, s.dk, s.dv, s.dk + BT * d.KV, s.dv + BT * d.KV,
-                                         s.datt + BT * d.Q, a.q + BT * d.Q, a.k, a.v, a.k + BT * d.KV, a.v + BT * d.KV,
-                                         a.att + BT * d.Q, a.lse + BT * d.H, vp, chain_sh, scale);
+      QS_RETURN_IF_ERROR(be::zero(ex, s.dq + BT * d.Q, sizeof(T) * (size_t)nq));
+      QS_RETURN_IF_ERROR(be::zero(ex, s.dk + BT * d.KV, sizeof(T) * (size_t)nk));
+      QS_RETURN_IF_ERROR(be::zero(ex, s.dv + BT * d.KV, sizeof(T) * (size_t)nk));
+      QS_RETURN_IF_ERROR(be::thought_attention_backward<T>(
+          ex, s.dq + BT * d.Q, s.dk, s.dv, s.dk + BT * d.KV, s.dv + BT * d.KV, s.datt + BT * d.Q, a.q + BT * d.Q, a.k,
+          a.v, a.k + BT * d.KV, a.v + BT * d.KV, a.att + BT * d.Q, a.lse + BT * d.H, valid_e, chain_sh, scale,
+          chain_scratch));
     }
-    cpu::block_qkv_backward(c, w.layers[l], g.layers[l], a, x, pos.data(), s, (int)rows);
+    QS_RETURN_IF_ERROR(be::block_qkv_backward(ex, c, w.layers[l], g.layers[l], a, x, pos_e, s, (int)rows));
   }
 
   // embeddings: positions for every row; the table for the token rows; start/end (× scale)
   {
     cpu::ProfScope ps(cpu::kProfEmbed);
     const T* dx = s.dres;
-    if (gpt2) cpu::position_embedding_backward<T>(g.wpe, dx, pos.data(), (int)rows, D);
-    cpu::embedding_backward<T>(g.wte, dx, tok.data(), (int)BT, D);
+    if (gpt2) QS_RETURN_IF_ERROR(be::position_embedding_backward<T>(ex, g.wpe, dx, pos_e, (int)rows, D, c.max_seq_len));
+    QS_RETURN_IF_ERROR(be::embedding_backward<T>(ex, g.wte, dx, tok_e, (int)BT, D, V));
     for (int r = 0; r < R && S > 0; r++) {
       // token rows of row r: steps 2..N-2 (thought) and N..S (true tokens), each a contiguous block
       if (N - 2 >= 2) {
         const int64_t n0 = d.chain_row(r, 2, 0), len = (int64_t)(N - 3) * T_;
-        cpu::embedding_backward<T>(g.wte, dx + n0 * D, tok.data() + n0, (int)len, D);
+        QS_RETURN_IF_ERROR(be::embedding_backward<T>(ex, g.wte, dx + n0 * D, tok_e + n0, (int)len, D, V));
       }
       if (S >= N) {
         const int64_t n0 = d.chain_row(r, N, 0), len = (int64_t)(S - N + 1) * T_;
-        cpu::embedding_backward<T>(g.wte, dx + n0 * D, tok.data() + n0, (int)len, D);
+        QS_RETURN_IF_ERROR(be::embedding_backward<T>(ex, g.wte, dx + n0 * D, tok_e + n0, (int)len, D, V));
       }
     }
     if (S > 0) {
-      const T es = (T)o.embedding_scale;
-      for (int j = 0; j < D; j++) {
-        T gs = 0, ge = 0;
-        for (int r = 0; r < R; r++)
-          for (int i = 0; i < T_; i++) {
-            gs += dx[d.chain_row(r, 1, i) * D + j];
-            ge += dx[d.chain_row(r, N - 1, i) * D + j];
-          }
-        qg.start[j] += es * gs;
-        qg.end[j] += es * ge;
-      }
+      QS_RETURN_IF_ERROR(be::sum_rows<T>(ex, qg.start, dx, start_rows_e, d.RT, D, (T)o.embedding_scale));
+      QS_RETURN_IF_ERROR(be::sum_rows<T>(ex, qg.end, dx, end_rows_e, d.RT, D, (T)o.embedding_scale));
     }
   }
   return Status::Ok();

@@ -4,6 +4,7 @@
 // thread count.
 #include "cpu/quietstar_heads.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -152,12 +153,72 @@ void quietstar_rewards(double* reward, double* weight, const T* base_loss, const
     }
 }
 
+template <typename T>
+void gather_rows(T* dst, const T* src, const int64_t* rows, int64_t n, int D, T f) {
+#pragma omp parallel for schedule(static) if (n * D > kParallelMin)
+  for (int64_t k = 0; k < n; k++) {
+    const T* s = src + rows[k] * D;
+    T* o = dst + k * D;
+    for (int j = 0; j < D; j++) o[j] = f * s[j];
+  }
+}
+
+template <typename T>
+void fill_rows(T* dst, const T* vec, const int64_t* rows, int64_t n, int D, T f) {
+#pragma omp parallel for schedule(static) if (n * D > kParallelMin)
+  for (int64_t k = 0; k < n; k++) {
+    T* o = dst + rows[k] * D;
+    for (int j = 0; j < D; j++) o[j] = f * vec[j];
+  }
+}
+
+template <typename T>
+void sum_rows(T* out, const T* src, const int64_t* rows, int64_t n, int D, T f) {
+#pragma omp parallel for schedule(static) if (n * D > kParallelMin)
+  for (int j = 0; j < D; j++) {
+    T s = 0;
+    for (int64_t k = 0; k < n; k++) s += src[rows[k] * D + j];
+    out[j] += f * s;
+  }
+}
+
+template <typename T>
+void scatter_add_rows(T* dst, const T* src, const int64_t* dest, const int64_t* start, const int64_t* from, int64_t m,
+                      int D, T f) {
+#pragma omp parallel for schedule(static) if (m * D > kParallelMin)
+  for (int64_t j = 0; j < m; j++) {
+    T* o = dst + dest[j] * D;
+    for (int c = 0; c < D; c++) {
+      T s = 0;
+      for (int64_t q = start[j]; q < start[j + 1]; q++) s += src[from[q] * D + c];
+      o[c] += f * s;
+    }
+  }
+}
+
+void scatter_lists(const int64_t* row_of, int64_t n, ScatterLists* out) {
+  std::vector<int64_t> order((size_t)n);
+  for (int64_t k = 0; k < n; k++) order[(size_t)k] = k;
+  // stable: the sources of one destination stay in increasing k
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return row_of[a] < row_of[b]; });
+  out->dest.clear(), out->start.clear(), out->from = order;
+  for (int64_t q = 0; q < n; q++) {
+    const int64_t r = row_of[order[(size_t)q]];
+    if (q == 0 || r != out->dest.back()) out->dest.push_back(r), out->start.push_back(q);
+  }
+  out->start.push_back(n);
+}
+
 #define QS_HEADS_INSTANTIATE(T)                                                                                          \
   template void mixing_forward<T>(const MixingActs<T>&, const T*, const T*, const MixingWeights<T>&, int, int, bool,   \
                                   bool);                                                                               \
   template void mixing_backward<T>(T*, T*, const MixingGrads<T>&, T*, T*, T*, const MixingActs<T>&, const T*, const T*, \
                                    const MixingWeights<T>&, int, int, bool, bool);                                     \
-  template void quietstar_rewards<T>(double*, double*, const T*, const T*, const int64_t*, int, int, int, int, bool, bool);
+  template void quietstar_rewards<T>(double*, double*, const T*, const T*, const int64_t*, int, int, int, int, bool, bool); \
+  template void gather_rows<T>(T*, const T*, const int64_t*, int64_t, int, T);                                       \
+  template void fill_rows<T>(T*, const T*, const int64_t*, int64_t, int, T);                                         \
+  template void sum_rows<T>(T*, const T*, const int64_t*, int64_t, int, T);                                          \
+  template void scatter_add_rows<T>(T*, const T*, const int64_t*, const int64_t*, const int64_t*, int64_t, int, T);
 
 QS_HEADS_INSTANTIATE(float)
 QS_HEADS_INSTANTIATE(double)

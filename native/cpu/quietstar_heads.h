@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace qs::cpu {
 
@@ -55,5 +56,31 @@ void mixing_backward(T* dh_base, T* dh_chain, const MixingGrads<T>& g, T* dhm, T
 template <typename T>
 void quietstar_rewards(double* reward, double* weight, const T* base_loss, const T* talk_loss, const int64_t* talk_off,
                        int B, int P, int T_, int A, bool trice, bool clamp);
+
+// ---- row moves of the step (gathers into the heads, scatters of their gradients back) ----
+// Row indices are int64 (rows of the packed pass). Every sum has a fixed order (the CUDA twins
+// add in the same order), so results do not depend on the thread count.
+
+// dst (n, D) = f · src[rows[k]] for k in [0, n)
+template <typename T>
+void gather_rows(T* dst, const T* src, const int64_t* rows, int64_t n, int D, T f);
+// dst[rows[k]] = f · vec (D) for k in [0, n): the marker rows' inputs
+template <typename T>
+void fill_rows(T* dst, const T* vec, const int64_t* rows, int64_t n, int D, T f);
+// out (D) += f · Σ_k src[rows[k]], k in order: the marker embeddings' gradients
+template <typename T>
+void sum_rows(T* out, const T* src, const int64_t* rows, int64_t n, int D, T f);
+// Scatter-add by destination lists (rows may receive many sources): for each j in [0, m),
+//   dst[dest[j]] += f · Σ_{q in [start[j], start[j+1])} src[from[q]]     (q in order)
+// dest rows distinct. The caller builds the lists (scatter_lists) once per step.
+template <typename T>
+void scatter_add_rows(T* dst, const T* src, const int64_t* dest, const int64_t* start, const int64_t* from, int64_t m,
+                      int D, T f);
+// The destination lists of "dst[row_of[k]] += src[k] for k in [0, n)": distinct destinations in
+// increasing order, and per destination its sources in increasing k.
+struct ScatterLists {
+  std::vector<int64_t> dest, start, from;  // (m), (m + 1), (n)
+};
+void scatter_lists(const int64_t* row_of, int64_t n, ScatterLists* out);
 
 }  // namespace qs::cpu

@@ -8,16 +8,23 @@
 // handles, int status and enums, the `_v2` names the header macros hide). Any failure is
 // recorded as a reason and our own kernels are used: correctness never depends on cuBLAS.
 // The handle is never dlclose()d (its destructors may run after the CUDA context is gone).
+//
+// blas_gemm() (the bottom of this file) is gemm.cu's cuBLAS path: one cuBLAS handle per
+// (thread, device), so no handle is ever shared between threads (cuBLAS handles are not
+// thread-safe once a stream is bound) and no lock is taken per call.
 #include <cuda_runtime.h>
 #include <dlfcn.h>
 #include <glob.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
+#include <utility>
 #include <string>
 #include <vector>
 
 #include "cuda/blas_dyn.h"
+#include "cuda/common.cuh"
 #include "quietstar/cuda_backend.h"
 
 namespace qs::cuda {
@@ -137,6 +144,105 @@ const BlasInfo& load_blas(const std::vector<std::string>& extra_dirs) {
                 "); set QUIETSTAR_CUBLAS_DIR to the folder holding " + lt_name + "; own GEMM kernels are used";
   g_info = info;
   return g_info;
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM through cuBLAS
+
+const char* cublas_status_name(int status) {
+  switch (status) {
+    case kCublasStatusSuccess: return "CUBLAS_STATUS_SUCCESS";
+    case kCublasStatusNotInitialized: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case kCublasStatusAllocFailed: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case kCublasStatusInvalidValue: return "CUBLAS_STATUS_INVALID_VALUE";
+    case kCublasStatusArchMismatch: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case kCublasStatusMappingError: return "CUBLAS_STATUS_MAPPING_ERROR";
+    case kCublasStatusExecutionFailed: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case kCublasStatusInternalError: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case kCublasStatusNotSupported: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    case kCublasStatusLicenseError: return "CUBLAS_STATUS_LICENSE_ERROR";
+    default: return "CUBLAS_STATUS_?";
+  }
+}
+
+static Status blas_error(const char* call, int status) {
+  Code code = status == kCublasStatusAllocFailed ? Code::OUT_OF_MEMORY
+              : status == kCublasStatusInvalidValue || status == kCublasStatusNotSupported ? Code::INVALID_ARGUMENT
+                                                                                         : Code::CUDA_ERROR;
+  return Status(code, std::string(call) + " failed: " + cublas_status_name(status) + " (" + std::to_string(status) + ")");
+}
+
+// The calling thread's handles, one per device. Destroyed when the thread exits (the engine's
+// compute thread is joined while the CUDA context is alive), unless the context was lost.
+struct ThreadHandles {
+  std::vector<std::pair<int, cublasHandle>> by_device;
+  ~ThreadHandles() {
+    if (!g_table.loaded || context_lost()) return;
+    int current = -1;
+    if (cudaGetDevice(&current) != cudaSuccess) current = -1;
+    for (auto& [device, handle] : by_device) {
+      if (cudaSetDevice(device) != cudaSuccess) continue;
+      g_table.set_stream(handle, nullptr);  // the stream it last ran on may be gone already
+      g_table.destroy(handle);
+    }
+    if (current >= 0) cudaSetDevice(current);
+    (void)cudaGetLastError();
+  }
+};
+static thread_local ThreadHandles t_handles;
+
+static Status thread_handle(cublasHandle* out) {
+  int device = 0;
+  QS_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+  for (auto& [d, h] : t_handles.by_device) {
+    if (d == device) {
+      *out = h;
+      return Status::Ok();
+    }
+  }
+  cublasHandle h = nullptr;
+  if (int st = g_table.create(&h); st != kCublasStatusSuccess) return blas_error("cublasCreate", st);
+  t_handles.by_device.push_back({device, h});
+  *out = h;
+  return Status::Ok();
+}
+
+static int cuda_data_type(DType t) {
+  return t == DType::BF16 ? kCudaR16BF : t == DType::F16 ? kCudaR16F : kCudaR32F;
+}
+
+Status blas_gemm(const BlasGemm& g, void* stream) {
+  if (!g_table.loaded) return QS_ERROR(UNAVAILABLE, "cuBLAS is not loaded: %s", g_info.reason.c_str());
+  cublasHandle h = nullptr;
+  QS_RETURN_IF_ERROR(thread_handle(&h));
+  if (int st = g_table.set_stream(h, stream); st != kCublasStatusSuccess) return blas_error("cublasSetStream", st);
+  // cuBLAS is column-major: our row-major C (M, N) is its column-major Cᵀ (N, M) with the same
+  // leading dimension, and Cᵀ = op(B)ᵀ op(A)ᵀ. A row-major stored matrix read column-major is
+  // its transpose, so B goes first with op trans_b, A second with op trans_a, m = N and n = M.
+  const int op_first = g.trans_b ? kCublasOpT : kCublasOpN, op_second = g.trans_a ? kCublasOpT : kCublasOpN;
+  const int ab = cuda_data_type(g.ab_dtype), c = cuda_data_type(g.c_dtype);
+  int compute = kCublasComputeF32;
+  if (g.ab_dtype == DType::F32 && g.math == GemmMath::Tf32) compute = kCublasComputeF32FastTF32;
+  if (g.ab_dtype == DType::F32 && g.math == GemmMath::Bf16) compute = kCublasComputeF32Fast16BF;
+  const size_t ab_size = dtype_size(g.ab_dtype), c_size = dtype_size(g.c_dtype);
+  if (g.batch == 1) {
+    int st = g_table.gemm_ex(h, op_first, op_second, g.N, g.M, g.K, &g.alpha, g.B, ab, g.ldb, g.A, ab, g.lda, &g.beta,
+                             g.C, c, g.ldc, compute, kCublasGemmDefault);
+    return st == kCublasStatusSuccess ? Status::Ok() : blas_error("cublasGemmEx", st);
+  }
+  // Batches in pieces of at most 65535 (the grid's z limit, which some cuBLAS kernels map the batch onto).
+  constexpr int kMaxBatch = 65535;
+  for (int b0 = 0; b0 < g.batch; b0 += kMaxBatch) {
+    const int count = g.batch - b0 < kMaxBatch ? g.batch - b0 : kMaxBatch;
+    const char* A = (const char*)g.A + (int64_t)b0 * g.stride_a * (int64_t)ab_size;
+    const char* B = (const char*)g.B + (int64_t)b0 * g.stride_b * (int64_t)ab_size;
+    char* C = (char*)g.C + (int64_t)b0 * g.stride_c * (int64_t)c_size;
+    int st = g_table.gemm_strided_batched_ex(h, op_first, op_second, g.N, g.M, g.K, &g.alpha, B, ab, g.ldb,
+                                             (long long)g.stride_b, A, ab, g.lda, (long long)g.stride_a, &g.beta, C, c,
+                                             g.ldc, (long long)g.stride_c, count, compute, kCublasGemmDefault);
+    if (st != kCublasStatusSuccess) return blas_error("cublasGemmStridedBatchedEx", st);
+  }
+  return Status::Ok();
 }
 
 }  // namespace qs::cuda

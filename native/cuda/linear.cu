@@ -1,4 +1,7 @@
-// linear.cu: CUDA twin of native/cpu/linear.cpp (f32): the products go through gemm.cu.
+// linear.cu: CUDA twin of native/cpu/linear.cpp (f32): the products go through gemm.cu's
+// dispatcher (gemm_bias / gemm = gemm_ex in f32 with the thread's default math: exact, TF32 or
+// bf16, see kernels_nn.h; cuBLAS when loaded, else our kernels), the forward bias in the GEMM's
+// epilogue.
 //
 //   forward  out[M,N] = inp[M,K] · W + bias     W = Wt[N,K]ᵀ (OutIn) or W[K,N] (InOut)
 //   backward dinp += dout · Wᵀ, dW += (as stored) doutᵀ·inp or inpᵀ·dout, dbias += Σ_rows dout

@@ -29,6 +29,7 @@
 
 #include "cpu/sampling.h"
 #include "cpu/thought_sampling.h"
+#include "cuda/kernels_sampling.h"
 #include "cuda/sampling.cuh"
 #include "cuda/tile_gemm.cuh"
 #include "quietstar/rng.h"

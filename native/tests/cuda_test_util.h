@@ -11,8 +11,9 @@
 
 namespace qs_test {
 
-// A CUDA engine, or null with the reason in *why (the case then skips).
-inline std::unique_ptr<qs::Engine> cuda_engine(std::string* why) {
+// A CUDA engine, or null with the reason in *why (the case then skips). Exact f32 products
+// (precision "f32"), the math of the CPU twins the tests compare with, unless asked otherwise.
+inline std::unique_ptr<qs::Engine> cuda_engine(std::string* why, const char* precision = "f32") {
   const qs::cuda::RuntimeInfo& info = qs::cuda::probe();
   if (!info.usable) {
     *why = "no usable CUDA device: " + info.unavailable_reason;
@@ -20,6 +21,7 @@ inline std::unique_ptr<qs::Engine> cuda_engine(std::string* why) {
   }
   qs::EngineOptions o;
   o.device = "cuda";
+  o.precision = precision;
   std::unique_ptr<qs::Engine> e;
   qs::Status st = qs::Engine::create(o, &e);
   if (!st.ok()) *why = "cuda engine: " + st.to_string();

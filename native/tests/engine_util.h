@@ -13,10 +13,12 @@
 
 namespace qs_test {
 
-// An engine on `device`; null (with the reason printed) when it cannot be made.
+// An engine on `device`; null (with the reason printed) when it cannot be made. Its matrix
+// products are exact f32 (precision "f32"), the math of the CPU twins the tests compare with.
 inline std::unique_ptr<qs::Engine> make_engine(const char* device = "cpu") {
   qs::EngineOptions o;
   o.device = device;
+  o.precision = "f32";
   std::unique_ptr<qs::Engine> e;
   qs::Status st = qs::Engine::create(o, &e);
   if (!st.ok()) fprintf(stdout, "    engine: %s\n", st.to_string().c_str());

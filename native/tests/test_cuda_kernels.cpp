@@ -1,6 +1,6 @@
-// test_cuda_kernels.cpp: the f32 CUDA twins of the elementwise / normalisation kernels
-// (native/cuda/{embedding,layernorm,rmsnorm,rope,activations}.cu) and of the dense products and
-// conversions (gemm.cu, linear.cu, convert.cu) against their CPU twins.
+// test_cuda_kernels.cpp: the f32 CUDA twins of the elementwise / normalisation / optimizer
+// kernels (embedding.cu, layernorm.cu, rmsnorm.cu, rope.cu, activations.cu, adamw.cu) and of the
+// dense products and conversions (gemm.cu, linear.cu, convert.cu) against their CPU twins.
 //
 // Each case runs the same op, with the same random inputs, on a CPU engine and on a CUDA engine
 // and compares every output (forward results, saved statistics, and the gradients a backward op

@@ -13,8 +13,11 @@
 //     the 32-deep step, a vocabulary split across many blocks; temperature 0 and 1, policy
 //     temperature 3, with and without a suppress list (markers never drawn). Dyadic inputs
 //     (exact logits in any order) must give identical tokens;
-//   - errors: a NaN row and a fully suppressed row are reported by row, as on the CPU; top-k on
-//     the device is UNIMPLEMENTED with a message saying so.
+//   - sample_tokens with top-k / top-p (the sorted path): k = 1, k beyond V, the nucleus alone and
+//     with k, integer logits (ties at the top-k boundary and in the nucleus order, broken by the
+//     lower id on both sides): tokens must be equal (no near-tie allowance);
+//   - errors: a NaN row and a fully suppressed row are reported by row, as on the CPU, on both
+//     paths.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -111,6 +114,9 @@ struct SampleCase {
   int B, V;
   double temperature;
   std::vector<int32_t> suppress;
+  int top_k = 0;
+  double top_p = 1.0;
+  bool integer_logits = false;  // logits in {0, 1, 2, 3}: ties everywhere (top-k boundary, nucleus order)
 };
 
 QS_TEST(cuda_sample_tokens_matches_cpu_twin) {
@@ -120,14 +126,22 @@ QS_TEST(cuda_sample_tokens_matches_cpu_twin) {
   const std::vector<SampleCase> cases = {
       {1, 1, 1.0, {}},       {3, 7, 0.0, {2}},        {8, 1000, 1.0, {}},      {8, 1000, 0.0, {5, 999}},
       {33, 4099, 0.5, {0}},  {5, 50257, 1.0, {50255, 50256}}, {64, 2053, 2.5, {1, 2, 3, 1, 2052}},
+      // top-k / top-p (the sorted path): k beyond V, k = 1, nucleus alone, both, ties at the boundaries
+      {8, 1000, 1.0, {}, 50},       {8, 1000, 1.0, {}, 5000},        {8, 1000, 0.7, {3}, 1},
+      {16, 4099, 1.0, {}, 0, 0.9},  {16, 4099, 0.8, {0, 1}, 40, 0.5}, {5, 50257, 1.0, {50256}, 0, 0.95},
+      {12, 777, 1.0, {}, 20, 1.0, true}, {12, 777, 1.0, {}, 0, 0.3, true}, {12, 777, 0.0, {}, 20, 0.3},
   };
   int near_ties = 0;
   for (const SampleCase& c : cases) {
     Rng r(c.B * 1009 + c.V);
     std::vector<float> logits = random_vector<float>(r, (size_t)c.B * c.V, 3.0);
+    if (c.integer_logits)
+      for (float& x : logits) x = (float)r.below(4);
     const Keys k = random_keys(r, c.B, 1000, 4096);
     cpu::SampleParams p;
     p.temperature = c.temperature;
+    p.top_k = c.top_k;
+    p.top_p = c.top_p;
     p.seed = 0x1234567890ull + c.V;
     p.step = 7;
     std::vector<int32_t> want(c.B), got;
@@ -138,6 +152,8 @@ QS_TEST(cuda_sample_tokens_matches_cpu_twin) {
       QS_RETURN_IF_ERROR(device_tensor(*e, qs::DType::F32, {c.B, c.V}, logits, &a.tensors["logits"]));
       QS_RETURN_IF_ERROR(key_args(*e, k, c.suppress, &a));
       a.numbers["temperature"] = p.temperature;
+      if (c.top_k > 0) a.numbers["topK"] = c.top_k;
+      if (c.top_p < 1) a.numbers["topP"] = c.top_p;
       a.numbers["seed"] = (double)p.seed;
       a.numbers["step"] = p.step;
       qs::OpOutputs out;
@@ -145,12 +161,15 @@ QS_TEST(cuda_sample_tokens_matches_cpu_twin) {
       return fetch(*e, out["ids"], &got);
     });
     char label[96];
-    snprintf(label, sizeof label, "sample_tokens B=%d V=%d T=%g S=%zu", c.B, c.V, c.temperature, c.suppress.size());
+    snprintf(label, sizeof label, "sample_tokens B=%d V=%d T=%g S=%zu k=%d p=%g%s", c.B, c.V, c.temperature,
+             c.suppress.size(), c.top_k, c.top_p, c.integer_logits ? " ties" : "");
     QS_EXPECT(st.ok(), "%s: %s", label, st.to_string().c_str());
     if (!st.ok()) continue;
     std::vector<bool> banned(c.V, false);
     for (int32_t s : c.suppress) banned[s] = true;
-    compare_tokens(label, got, want, kSameLogitsTie, [&](int b) {
+    // The kept set of top-k / top-p depends on no near-tie of scores: tokens must be equal.
+    const double tie = c.top_k > 0 || c.top_p < 1 ? 0.0 : kSameLogitsTie;
+    compare_tokens(label, got, want, tie, [&](int b) {
       std::vector<double> z(logits.begin() + (size_t)b * c.V, logits.begin() + (size_t)(b + 1) * c.V);
       return best_gap(z, banned, c.temperature, rng::SampleStream(p.seed, k.rows[b], p.step, k.positions[b]));
     }, &near_ties);
@@ -160,7 +179,7 @@ QS_TEST(cuda_sample_tokens_matches_cpu_twin) {
   fprintf(stdout, "    sample_tokens near-ties (gap < %.0e): %d\n", kSameLogitsTie, near_ties);
 }
 
-QS_TEST(cuda_sample_tokens_reports_rows_and_unimplemented_options) {
+QS_TEST(cuda_sample_tokens_reports_bad_rows) {
   std::string why;
   auto e = cuda_engine(&why);
   if (!e) QS_SKIP(why);
@@ -178,8 +197,10 @@ QS_TEST(cuda_sample_tokens_reports_rows_and_unimplemented_options) {
   QS_EXPECT(st.message().find("row 1 holds a NaN") != std::string::npos, "NaN row: %s", st.to_string().c_str());
   st = run({0, 1, 2, 3, 4, 5}, 2, 3, {0, 1, 2}, 0);
   QS_EXPECT(st.message().find("row 0 has no token to draw") != std::string::npos, "suppressed row: %s", st.to_string().c_str());
-  st = run({0, 1, 2}, 1, 3, {}, 2);
-  QS_EXPECT(st.code() == qs::Code::UNIMPLEMENTED && st.message().find("topK") != std::string::npos, "topK: %s",
+  st = run({0, 1, 2, 3, NAN, 0}, 2, 3, {}, 2);  // the top-k path reports the same way
+  QS_EXPECT(st.message().find("row 1 holds a NaN") != std::string::npos, "NaN row, topK: %s", st.to_string().c_str());
+  st = run({0, 1, 2, 3, 4, 5}, 2, 3, {0, 1, 2}, 2);
+  QS_EXPECT(st.message().find("row 0 has no token to draw") != std::string::npos, "suppressed row, topK: %s",
             st.to_string().c_str());
 }
 

@@ -1,12 +1,14 @@
 // test_engine.cpp: the native core without Node: status messages, tensors and views, the
 // compute thread's ordering, op validation, parameter layout, arena reuse, and the CUDA
 // backend (the elementwise kernel against its CPU twin; skipped without a GPU).
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "cpu/activations.h"
+#include "cpu/convert.h"
 #include "engine_util.h"
 #include "harness.h"
 #include "quietstar/arena.h"
@@ -130,6 +132,49 @@ QS_TEST(adamw_step_respects_decay_ranges) {
   QS_EXPECT(std::fabs(w[0] - 0.95) < 1e-7, "decayed weight %g", w[0]);
   QS_EXPECT(w[16] == 1.0, "non-decayed weight moved: %g", w[16]);
   QS_EXPECT(p->step() == 1, "step count");
+}
+
+// Spec §3's warning as an oracle: with parameters and moments in bf16 (bf16_state) and one AdamW
+// step of lr 1e-6 (|update| ≈ lr), a weight moves only if half its bf16 ulp is below 1e-6, i.e.
+// |w| ≲ 2.5e-4: about 2% of N(0, 0.02) weights. With f32 masters every weight moves.
+QS_TEST(adamw_bf16_state_freezes_most_weights_at_lr_1e6) {
+  auto e = make_engine();
+  const int n = 100000;
+  ParamLayout layout;
+  ParamLayout::create({{"w", {n}, false}}, &layout);
+  qs_test::Rng rng(3);
+  std::vector<float> w0(n), g(n);
+  for (int i = 0; i < n; i++) {
+    // the bf16 parameters of the reference: N(0, 0.02) rounded to bf16
+    uint16_t b;
+    float x = (float)(0.02 * rng.normal());
+    cpu::f32_to_bf16(&b, &x, 1);
+    cpu::bf16_to_f32(&w0[i], &b, 1);
+    g[i] = (float)rng.normal();
+  }
+  double moved[2];
+  for (int bf16 = 0; bf16 < 2; bf16++) {
+    std::unique_ptr<ParamSet> p;
+    QS_EXPECT(ParamSet::create(*e, DType::F32, layout, true, &p).ok(), "create");
+    std::copy(w0.begin(), w0.end(), p->params().data<float>());
+    std::copy(g.begin(), g.end(), p->grads().data<float>());
+    AdamWConfig c;
+    c.lr = 1e-6, c.weight_decay = 0, c.bf16_state = bf16 == 1;
+    QS_EXPECT(p->adamw_step(c).ok(), "step");
+    int k = 0;
+    for (int i = 0; i < n; i++) k += p->params().data<float>()[i] != w0[i];
+    moved[bf16] = (double)k / n;
+    if (bf16) {  // every stored value is a bf16 value
+      for (int i = 0; i < n; i += 997) {
+        uint32_t u;
+        std::memcpy(&u, &p->params().data<float>()[i], 4);
+        QS_EXPECT((u & 0xffffu) == 0, "param %d is not a bf16 value", i);
+      }
+    }
+  }
+  printf("    share of weights moved by one lr 1e-6 step: f32 masters %.4f, bf16 state %.4f\n", moved[0], moved[1]);
+  QS_EXPECT(moved[0] > 0.99, "f32 masters: only %.3f moved", moved[0]);
+  QS_EXPECT(moved[1] > 0.005 && moved[1] < 0.05, "bf16 state: %.4f moved (spec §3: about 2%%)", moved[1]);
 }
 
 QS_TEST(arena_reuses_memory_while_the_key_is_unchanged) {

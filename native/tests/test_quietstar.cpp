@@ -1216,4 +1216,80 @@ QS_TEST(step_is_deterministic_across_threads) {
   QS_EXPECT(ths[0] == ths[1] && loss[0] == loss[1] && gsum[0] == gsum[1], "1 and 2 threads differ (loss %.9g vs %.9g)", loss[0], loss[1]);
 }
 
+// The step's row moves (cpu/quietstar_heads.h) against their one-line definitions.
+QS_TEST(row_moves_match_their_definitions) {
+  const int D = 5;
+  const int64_t rows = 7, n = 19;
+  Rng r(42);
+  std::vector<int64_t> idx(n);
+  for (auto& x : idx) x = r.below((int)rows);
+  const auto src = random_vector<double>(r, (size_t)n * D), vec = random_vector<double>(r, D);
+  cpu::ScatterLists L;
+  cpu::scatter_lists(idx.data(), n, &L);
+  // lists: distinct increasing destinations, sources increasing within each, every k once
+  QS_EXPECT(L.start.size() == L.dest.size() + 1 && L.start.back() == n && L.from.size() == (size_t)n, "list sizes");
+  for (size_t j = 0; j + 1 < L.dest.size(); j++) QS_EXPECT(L.dest[j] < L.dest[j + 1], "destinations not increasing");
+  for (size_t j = 0; j < L.dest.size(); j++)
+    for (int64_t q = L.start[j]; q < L.start[j + 1]; q++) {
+      QS_EXPECT(idx[L.from[q]] == L.dest[j], "source %lld listed under the wrong destination", (long long)L.from[q]);
+      if (q > L.start[j]) QS_EXPECT(L.from[q - 1] < L.from[q], "sources not increasing");
+    }
+  std::vector<double> got((size_t)rows * D, 1.0), want = got;
+  cpu::scatter_add_rows<double>(got.data(), src.data(), L.dest.data(), L.start.data(), L.from.data(),
+                                (int64_t)L.dest.size(), D, 0.5);
+  for (int64_t k = 0; k < n; k++)
+    for (int c = 0; c < D; c++) want[idx[k] * D + c] += 0.5 * src[k * D + c];
+  check_close("scatter_add_rows", got.data(), want.data(), got.size(), 1e-14, 1e-14);
+  std::vector<double> g((size_t)n * D);
+  cpu::gather_rows<double>(g.data(), want.data(), idx.data(), n, D, 2.0);
+  for (int64_t k = 0; k < n; k++)
+    for (int c = 0; c < D; c++) QS_EXPECT(g[k * D + c] == 2.0 * want[idx[k] * D + c], "gather_rows at %lld", (long long)k);
+  std::vector<double> sum(D, 1.0), sum_want(D, 0.0);
+  cpu::sum_rows<double>(sum.data(), src.data(), idx.data(), n, D, 3.0);  // src rows idx[k] < rows <= n: in range
+  for (int c = 0; c < D; c++) {
+    for (int64_t k = 0; k < n; k++) sum_want[c] += src[idx[k] * D + c];
+    sum_want[c] = 1.0 + 3.0 * sum_want[c];
+  }
+  check_close("sum_rows", sum.data(), sum_want.data(), D, 1e-14, 1e-14);
+  std::vector<double> fill((size_t)rows * D, 9.0);
+  const int64_t two[2] = {1, 4};
+  cpu::fill_rows<double>(fill.data(), vec.data(), two, 2, D, -1.0);
+  for (int64_t row = 0; row < rows; row++)
+    for (int c = 0; c < D; c++) {
+      const double w = row == 1 || row == 4 ? -vec[c] : 9.0;
+      QS_EXPECT(fill[row * D + c] == w, "fill_rows at row %lld", (long long)row);
+    }
+}
+
+// recompute_activations keeps only each layer's output and recomputes the rest in backward:
+// the same deterministic kernels run on the same inputs, so loss and gradients are bit-identical,
+// and the packed pass's buffers shrink.
+QS_TEST(recomputed_activations_give_identical_gradients) {
+  Rng rng(41);
+  Batch b = make_batch(rng, 2, 10, 2);
+  std::vector<float> grads[2];
+  double loss[2];
+  int64_t bytes[2];
+  for (int k = 0; k < 2; k++) {
+    QuietStarOptions o = qs_opts(6, 3, 2);
+    o.recompute_activations = k == 1;
+    Rig g = make_rig(qs_llama(), o, DType::F32, 17, false);
+    zero_grads(g);
+    QuietStarMetrics mt;
+    Status st = g.e->run_sync([&] {
+      return g.q->step(i32(*g.e, {2, 10}, b.ids), u8(*g.e, {2, 10}, b.valid), i32(*g.e, {2, 10}, b.labels), 5, 1.0, &mt,
+                       nullptr);
+    });
+    QS_EXPECT(st.ok(), "step (recompute %d): %s", k, st.to_string().c_str());
+    grads[k].assign(g.ps->grads().data<float>(), g.ps->grads().data<float>() + g.ps->grads().numel());
+    loss[k] = mt.loss;
+    bytes[k] = g.e->memory().host_peak;
+  }
+  QS_EXPECT(loss[0] == loss[1], "loss %.9g vs %.9g", loss[0], loss[1]);
+  QS_EXPECT(grads[0] == grads[1], "gradients differ with recomputation");
+  printf("    host peak: %lld bytes kept, %lld recomputed\n", (long long)bytes[0], (long long)bytes[1]);
+  QS_EXPECT(bytes[1] < bytes[0], "recomputation did not save memory (%lld vs %lld)", (long long)bytes[1],
+            (long long)bytes[0]);
+}
+
 QS_TEST_MAIN()

@@ -47,6 +47,13 @@ const RuntimeInfo& probe();
 // Loads cuBLASLt/cuBLAS with dlopen once, searching `extra_dirs` first, then
 // QUIETSTAR_CUBLAS_DIR, the default loader path and /usr/local/cuda*/lib64. QUIETSTAR_CUBLAS=0
 // disables it. Never fails: the result says what happened.
+// The CUDA GEMMs (native/cuda/gemm.cu) use cuBLAS when it is loaded (the first GEMM loads it
+// with no extra folders if nothing did before), else our own kernels. f32 products take the
+// calling thread's math when one was set (cuda::set_thread_gemm_math in native/cuda/kernels_nn.h:
+// the engine sets its precision option on its compute thread), else the process default:
+// QUIETSTAR_MATMUL=f32 | tf32 | bf16 (bf16: inputs rounded to bf16 for the multiply, f32
+// accumulation and storage), else QUIETSTAR_TF32=1 -> tf32, else exact f32. A call may also ask
+// for one explicitly (GemmOptions::math).
 const BlasInfo& load_blas(const std::vector<std::string>& extra_dirs);
 const BlasInfo& blas_info();  // the last load_blas() result (not loaded yet: found = false)
 

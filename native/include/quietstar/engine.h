@@ -22,6 +22,11 @@ struct EngineOptions {
   std::string device = "auto";  // auto | cpu | cuda  (QUIETSTAR_DEVICE overrides auto)
   int threads = 0;              // CPU threads for kernels; 0 = all cores
   int cuda_device = 0;
+  // Matrix products on a CUDA engine: "auto" (= "bf16" unless QUIETSTAR_MATMUL says otherwise)
+  // | "bf16" (inputs rounded to bf16 inside the GEMMs, f32 accumulation on tensor cores; weights,
+  // AdamW state and activations stay f32) | "tf32" | "f32" (exact f32, the CPU twins' math). A
+  // CPU engine always computes in the parameters' own f32 / f64.
+  std::string precision = "auto";
 };
 
 struct MemorySnapshot {
@@ -42,6 +47,8 @@ class Engine {
 
   Device device() const { return device_; }
   int threads() const { return threads_; }
+  // The matrix-product precision this engine's kernels use: "f32", "tf32" or "bf16".
+  const std::string& precision() const { return precision_; }
   void* stream() const { return stream_; }  // cudaStream_t on CUDA, null on CPU
   const std::shared_ptr<MemoryStats>& stats() const { return stats_; }
   MemorySnapshot memory() const;
@@ -72,6 +79,7 @@ class Engine {
   Device device_ = Device::CPU;
   int threads_ = 1;
   int cuda_device_ = 0;
+  std::string precision_ = "f32";
   void* stream_ = nullptr;
   std::shared_ptr<MemoryStats> stats_ = std::make_shared<MemoryStats>();
 

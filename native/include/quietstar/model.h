@@ -3,8 +3,9 @@
 // llm.c's design: the model is a config, a ParamSet (params, grads, AdamW moments, each one flat
 // buffer whose named views carry the Hugging Face tensor names and shapes, so checkpoints load
 // 1:1), and activation buffers sized for the last (B, T). The per-layer forward and backward
-// passes live in native/cpu/transformer.* (and their CUDA twin later); this class validates
-// inputs, owns the buffers and dispatches on the engine's device.
+// passes live in native/cpu/transformer.* and native/cuda/transformer.*; this class validates
+// inputs, owns the buffers and dispatches on the engine's device (core/model_backend.h). On a
+// CUDA engine the parameters must be f32.
 //
 // Families:
 //   GPT2  : LayerNorm (with bias), learned positions, GELU (tanh), Conv1D [in,out] weights,
@@ -14,8 +15,9 @@
 //           attention_bias / mlp_bias), optional sliding window (Mistral), tied or untied head.
 //
 // All methods run on the engine's compute thread (call them from a job or Engine::run_sync).
-// Token tensors are int32 on the engine's device; ids must be in [0, vocab_size) and targets in
-// [0, vocab_size) or -100 (ignored): both are checked, errors name the tensor and the index.
+// Token tensors are int32, on the CPU or on the engine's CUDA device; ids must be in
+// [0, vocab_size) and targets in [0, vocab_size) or -100 (ignored): both are checked, errors
+// name the tensor and the index.
 #pragma once
 
 #include <cstdint>

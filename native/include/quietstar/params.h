@@ -47,6 +47,10 @@ class ParamLayout {
 
 struct AdamWConfig {
   double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.01;
+  // The reference's precision (spec §3): parameters and both AdamW moments stored in bf16, i.e.
+  // rounded to bf16 (nearest even) after every step, so that an update below half a bf16 ulp is
+  // lost as it is there. Off: f32 master weights and moments.
+  bool bf16_state = false;
   // INVALID_ARGUMENT naming the field (JS names: lr, beta1, beta2, eps, weightDecay).
   Status validate() const;
 };
@@ -68,13 +72,16 @@ class ParamSet {
   // A named view of `flat` (one of params/grads/m/v) with its shape.
   Status view(const Tensor& flat, const std::string& name, Tensor* out) const;
 
-  // One AdamW step (t = step() + 1); decay applies to the decayed range only.
+  // One AdamW step (t = step() + 1); decay applies to the decayed range only. On a CUDA engine
+  // (f32) the device kernels run on the engine's stream (call on its compute thread).
   Status adamw_step(const AdamWConfig& config);
   // Global L2 norm of the gradients; with max_norm > 0 scales them to at most max_norm.
   Status clip_grad_norm(double max_norm, double* norm_before);
-  void zero_grad();
+  Status zero_grad();
 
  private:
+  Status require_device_kernels(const char* what) const;
+  Engine* engine_ = nullptr;  // the engine the buffers live on
   ParamLayout layout_;
   Tensor params_, grads_, m_, v_;
   int64_t step_ = 0;

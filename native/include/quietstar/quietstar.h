@@ -58,6 +58,10 @@ struct QuietStarOptions {
   // paper = w weights the base: (w)·h_base + (1 - w)·h_chain. sigmoid squashes w into (0, 1).
   bool mixing_weights_base = false;
   bool mixing_sigmoid = false;
+  // Memory, not the algorithm: the packed pass keeps only each layer's output (rows, D) and
+  // recomputes the layer's other activations (norms, q/k/v, attention, MLP: ~(6D + 3F) per row)
+  // during backward, at the cost of one more forward of the layers.
+  bool recompute_activations = false;
 
   Status validate(const ModelConfig& model) const;  // INVALID_ARGUMENT naming the JS field
   int chain_steps() const { return n_ahead + n_ahead_talk - 2; }  // S
