@@ -144,6 +144,7 @@ test('help, unknown commands and bad flags: exit status 2 naming the flag', asyn
     [['train-lm', '--model', 'x', '--data', 'y', '--out', 'z', '--schedule', 'step'], /--schedule must be cosine, linear or constant/],
     [['train-lm', '--model', 'x', '--config', 'c', '--data', 'y', '--out', 'z'], /only one of --model DIR and --config FILE/],
     [['info', 'extra'], /unexpected argument 'extra'/],
+    [['generate', '--model', 'x', '--prompt-ids', '1', '--max-new-tokens', '3', '--precision', 'fp8'], /--precision must be bf16, tf32 or f32 \(got 'fp8'\)/],
   ];
   // four child processes at a time
   const runs: Run[] = [];
