@@ -272,7 +272,9 @@ Status sample_tokens_f32(int32_t* out, const float* logits, int B, int V, const 
   const int chunk = filter_chunk_rows(B, V);
   for (int row0 = 0; row0 < B; row0 += chunk) {
     const int rc = std::min(chunk, B - row0);
-    FilterScratch f = carve_filter_scratch(scratch, rc, V);
+    // laid out for a full chunk (what the scratch was sized for), whatever rc: CUB's temporary
+    // size is then the full chunk's, never more than the caller allocated
+    FilterScratch f = carve_filter_scratch(scratch, chunk, V);
     filter_prepare_kernel<<<rc, kSampleThreads, 0, st>>>(out, f.skip, f.z_in, f.id_in, logits, row0, V, p.temperature,
                                                          suppress, n_suppress);
     QS_CUDA_CHECK_LAUNCH(stream);
