@@ -109,10 +109,8 @@ int main(int argc, char** argv) {
     qo.start_id = text, qo.end_id = text + 1;
     std::vector<int32_t> ids = lcg_tokens((int64_t)B * T, text), tg((size_t)B * T);
     for (int i = 0; i < B * T; i++) tg[i] = (i + 1) % T == 0 ? -100 : ids[i + 1];
-    std::vector<ParamSpec> specs = model_param_specs(c);
-    for (const ParamSpec& p : quietstar_param_specs(c)) specs.push_back(p);
     ParamLayout layout;
-    if (!ok(ParamLayout::create(specs, &layout), "layout")) return 1;
+    if (!ok(quietstar_model_layout(c, &layout), "layout")) return 1;
     std::shared_ptr<ParamSet> params;
     std::unique_ptr<Model> m;
     std::unique_ptr<QuietStar> q;

@@ -68,10 +68,8 @@ int main(int argc, char** argv) {
   std::vector<int32_t> ids = lcg_tokens(B * T, 4096), labels = ids, tg(B * T);
   for (int i = 0; i < B * T; i++) tg[i] = (i + 1) % T == 0 ? -100 : ids[i + 1];
 
-  std::vector<ParamSpec> specs = model_param_specs(c);
-  for (const ParamSpec& p : quietstar_param_specs(c)) specs.push_back(p);
   ParamLayout layout;
-  if (!ok(ParamLayout::create(specs, &layout), "layout")) return 1;
+  if (!ok(quietstar_model_layout(c, &layout), "layout")) return 1;
 
   for (int threads = 1; threads <= (quick ? 1 : 2); threads++) {
     EngineOptions eo;

@@ -75,10 +75,8 @@ int main(int argc, char** argv) {
   std::vector<int32_t> prompt = lcg_tokens(P, Vt);
   std::vector<int32_t> ppos(P);
   for (int i = 0; i < P; i++) ppos[i] = i;
-  std::vector<ParamSpec> specs = model_param_specs(c);
-  for (const ParamSpec& p : quietstar_param_specs(c)) specs.push_back(p);
   ParamLayout layout;
-  if (!ok(ParamLayout::create(specs, &layout), "layout")) return 1;
+  if (!ok(quietstar_model_layout(c, &layout), "layout")) return 1;
 
   for (int threads = 1; threads <= (quick ? 1 : 2); threads++) {
     EngineOptions eo;

@@ -100,6 +100,10 @@ Status kv_reset(Engine& engine, const ModelConfig& c, KvCache& kv, int B, int ma
 // Drops the slots [len, kv.len) of every row.
 void kv_rewind(KvCache& kv, int len);
 
+// The engine is alive and can run a pass over parameters of dtype dt (CUDA: f32 only); errors
+// name `what`. Model's passes and Quiet-STaR's share it.
+Status check_engine(Engine& e, DType dt, const char* what);
+
 // The inference buffers' carving for B·T rows (model_run.cpp).
 template <typename T>
 void carve_infer(Carver& cv, const ModelConfig& c, int B, int T_, InferBuffers<T>& b);

@@ -97,15 +97,6 @@ void fill_positions(std::vector<int32_t>& pos, int B, int T_) {
     for (int t = 0; t < T_; t++) pos[(size_t)b * T_ + t] = t;
 }
 
-// The engine is alive and can run a pass over parameters of dtype dt (CUDA: f32 only).
-Status check_engine(Engine& e, DType dt, const char* what) {
-  QS_RETURN_IF_ERROR(e.check_alive());
-  QS_CHECK_ARG(e.device() != Device::CUDA || dt == DType::F32,
-               "%s: the model's CUDA path takes f32 parameters (got %s): convert them to f32, or use a CPU engine", what,
-               dtype_name(dt));
-  return Status::Ok();
-}
-
 // Token inputs may also be tensors on this CUDA engine's device: the checks and the host-side
 // work read a host copy (one download). Anything else is passed through for the checks to judge.
 Status on_host(Engine& e, const Tensor& t, Tensor* out) {
@@ -131,6 +122,15 @@ Status stage(const Exec& ex, const U* host, U* dev, int64_t n, const U** out) {
 }
 
 }  // namespace
+
+// The engine is alive and can run a pass over parameters of dtype dt (CUDA: f32 only).
+Status check_engine(Engine& e, DType dt, const char* what) {
+  QS_RETURN_IF_ERROR(e.check_alive());
+  QS_CHECK_ARG(e.device() != Device::CUDA || dt == DType::F32,
+               "%s: the model's CUDA path takes f32 parameters (got %s): convert them to f32, or use a CPU engine", what,
+               dtype_name(dt));
+  return Status::Ok();
+}
 
 template <typename T>
 void carve_infer(Carver& cv, const ModelConfig& c, int B, int T_, InferBuffers<T>& b) {

@@ -73,6 +73,12 @@ QsWeights<T> bind_qs_weights(const ParamLayout& layout, T* flat) {
 template QsWeights<float> bind_qs_weights<float>(const ParamLayout&, float*);
 template QsWeights<double> bind_qs_weights<double>(const ParamLayout&, double*);
 
+Status quietstar_model_layout(const ModelConfig& config, ParamLayout* out) {
+  std::vector<ParamSpec> specs = model_param_specs(config);
+  for (const ParamSpec& s : quietstar_param_specs(config)) specs.push_back(s);
+  return ParamLayout::create(specs, out);
+}
+
 QsDims qs_dims(const ModelConfig& c, const QuietStarOptions& o, int B, int T) {
   QsDims d;
   d.B = B, d.T = T, d.P = o.n_passes, d.R = B * o.n_passes;
@@ -172,8 +178,8 @@ Status QuietStar::create(Engine& engine, Model* model, const QuietStarOptions& o
   for (const ParamSpec& s : quietstar_param_specs(c)) {
     const ParamEntry* e = layout.find(s.name);
     QS_CHECK_ARG(e != nullptr,
-                 "QuietStar.create: the model's parameters have no view '%s' %s (create them from the model's specs followed "
-                 "by quietstar_param_specs)",
+                 "QuietStar.create: the model's parameters have no view '%s' %s (create them with quietstar_model_layout: "
+                 "the model's specs followed by quietstar_param_specs)",
                  s.name.c_str(), shape_string(s.shape).c_str());
     QS_CHECK_ARG(e->shape == s.shape, "QuietStar.create: parameter '%s' has shape %s, needs %s", s.name.c_str(),
                  shape_string(e->shape).c_str(), shape_string(s.shape).c_str());
@@ -203,14 +209,6 @@ static Status require_cpu(Engine& e, const char* what) {
   return Status::Ok();
 }
 
-// The step's passes run on either engine; on CUDA with f32 parameters (the device kernels' type).
-static Status require_step_device(Engine& e, const ParamSet& p, const char* what) {
-  QS_RETURN_IF_ERROR(e.check_alive());
-  if (e.device() == Device::CUDA && p.params().dtype() != DType::F32)
-    return QS_ERROR(INVALID_ARGUMENT, "%s: the CUDA path takes f32 parameters (got %s)", what,
-                    dtype_name(p.params().dtype()));
-  return Status::Ok();
-}
 
 // ---------------------------------------------------------------------------------------------
 // initialisation (spec §2.3): start/end row 0 = E[init token] / embedding_scale (row 1 zero);
@@ -270,7 +268,7 @@ Status QuietStar::init_parameters(int init_token_id, uint64_t seed) {
 
 Status QuietStar::sample_thoughts(const Tensor& ids, const Tensor& valid, uint64_t seed, Tensor* thoughts,
                                  const Tensor& row_ids) {
-  QS_RETURN_IF_ERROR(require_step_device(*impl_->engine, model_->params(), "QuietStar.sampleThoughts"));
+  QS_RETURN_IF_ERROR(check_engine(*impl_->engine, model_->params().params().dtype(), "QuietStar.sampleThoughts"));
   QS_CHECK_ARG(thoughts != nullptr, "QuietStar.sampleThoughts: no output tensor");
   QS_QUIETSTAR_DISPATCH(sample_thoughts, model_->config(), options_, model_->params(), ids, valid, row_ids, seed,
                         thoughts);
@@ -278,7 +276,7 @@ Status QuietStar::sample_thoughts(const Tensor& ids, const Tensor& valid, uint64
 
 Status QuietStar::forward_backward(const Tensor& ids, const Tensor& valid, const Tensor& labels, const Tensor& thoughts,
                                    bool backward, double loss_scale, QuietStarMetrics* metrics) {
-  QS_RETURN_IF_ERROR(require_step_device(*impl_->engine, model_->params(), "QuietStar.forwardBackward"));
+  QS_RETURN_IF_ERROR(check_engine(*impl_->engine, model_->params().params().dtype(), "QuietStar.forwardBackward"));
   QS_CHECK_ARG(std::isfinite(loss_scale), "QuietStar.forwardBackward: lossScale must be a finite number (got %g)", loss_scale);
   QS_QUIETSTAR_DISPATCH(forward_backward, model_->config(), options_, model_->params(), ids, valid, labels, thoughts,
                         backward, loss_scale, metrics);

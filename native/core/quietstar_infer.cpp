@@ -35,14 +35,6 @@ namespace qs {
 
 namespace {
 
-// Either engine; on CUDA with f32 parameters (the device kernels' type).
-Status infer_require_device(Engine& e, const ParamSet& p, const char* what) {
-  QS_RETURN_IF_ERROR(e.check_alive());
-  if (e.device() == Device::CUDA && p.params().dtype() != DType::F32)
-    return QS_ERROR(INVALID_ARGUMENT, "%s: the CUDA path takes f32 parameters (got %s)", what,
-                    dtype_name(p.params().dtype()));
-  return Status::Ok();
-}
 
 // A CPU int32 tensor of the given shape (rank 1 or 2), or an error naming it.
 Status check_i32(const char* what, const char* name, const Tensor& t, const Shape& shape) {
@@ -270,7 +262,7 @@ Status QuietStar::Impl::think_decode(const ModelConfig& c, const QuietStarOption
 // public entry points
 
 Status QuietStar::talk_logits(const Tensor& at, Tensor* mixed, Tensor* base) {
-  QS_RETURN_IF_ERROR(infer_require_device(*impl_->engine, model_->params(), "QuietStar.talkLogits"));
+  QS_RETURN_IF_ERROR(check_engine(*impl_->engine, model_->params().params().dtype(), "QuietStar.talkLogits"));
   QS_CHECK_ARG(mixed != nullptr && base != nullptr, "QuietStar.talkLogits: no output tensors");
   if (model_->params().params().dtype() == DType::F64)
     return impl_->talk_logits<double>(model_->config(), model_->params(), at, mixed, base);
@@ -279,7 +271,7 @@ Status QuietStar::talk_logits(const Tensor& at, Tensor* mixed, Tensor* base) {
 
 Status QuietStar::think_reset(int B, int max_len) {
   const char* what = "QuietStar.thinkResetCache";
-  QS_RETURN_IF_ERROR(infer_require_device(*impl_->engine, model_->params(), what));
+  QS_RETURN_IF_ERROR(check_engine(*impl_->engine, model_->params().params().dtype(), what));
   QS_CHECK_ARG(max_len >= 1 && max_len <= (1 << 24), "%s: maxLen must be an integer in [1, 2^24] (got %d)", what, max_len);
   const ModelConfig& c = model_->config();
   const int slots = max_len + think_length();
@@ -295,7 +287,7 @@ Status QuietStar::think_reset(int B, int max_len) {
 
 Status QuietStar::think_decode(const Tensor& ids, const Tensor& positions, const Tensor& valid, const Tensor& row_ids,
                                uint64_t seed, Tensor* logits, Tensor* base_logits, Tensor* thoughts) {
-  QS_RETURN_IF_ERROR(infer_require_device(*impl_->engine, model_->params(), "QuietStar.thinkDecode"));
+  QS_RETURN_IF_ERROR(check_engine(*impl_->engine, model_->params().params().dtype(), "QuietStar.thinkDecode"));
   QS_CHECK_ARG(logits != nullptr, "QuietStar.thinkDecode: no output tensor");
   if (model_->params().params().dtype() == DType::F64)
     return impl_->think_decode<double>(model_->config(), options_, model_->params(), ids, positions, valid, row_ids, seed,

@@ -55,10 +55,8 @@ struct Side {
 };
 
 Status make_side(Engine& e, const ModelConfig& c, const QuietStarOptions& o, const std::vector<float>& values, Side* s) {
-  std::vector<ParamSpec> specs = model_param_specs(c);
-  for (const ParamSpec& sp : quietstar_param_specs(c)) specs.push_back(sp);
   ParamLayout layout;
-  QS_RETURN_IF_ERROR(ParamLayout::create(specs, &layout));
+  QS_RETURN_IF_ERROR(quietstar_model_layout(c, &layout));
   std::unique_ptr<ParamSet> ps;
   QS_RETURN_IF_ERROR(ParamSet::create(e, DType::F32, layout, false, &ps));
   s->e = &e;
@@ -88,10 +86,8 @@ QuietStarOptions step_options(int N, int A, int P) {
 
 // Random parameters in the layout of c (+ the Quiet-STaR extras), as test_quietstar.cpp's rig.
 std::vector<float> random_params(const ModelConfig& c, const QuietStarOptions& o, uint64_t seed) {
-  std::vector<ParamSpec> specs = model_param_specs(c);
-  for (const ParamSpec& sp : quietstar_param_specs(c)) specs.push_back(sp);
   ParamLayout layout;
-  ParamLayout::create(specs, &layout);
+  quietstar_model_layout(c, &layout);
   std::vector<float> v((size_t)layout.total(), 0.f);
   Rng rng(seed);
   for (const ParamEntry& e : layout.entries()) {

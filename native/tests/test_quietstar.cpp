@@ -107,10 +107,8 @@ static Rig make_rig(const ModelConfig& c, const QuietStarOptions& o, DType dt = 
   Rig g;
   g.e = make_engine(threads);
   g.c = c, g.o = o;
-  std::vector<ParamSpec> specs = model_param_specs(c);
-  for (const ParamSpec& s : quietstar_param_specs(c)) specs.push_back(s);
   ParamLayout layout;
-  Status st = ParamLayout::create(specs, &layout);
+  Status st = quietstar_model_layout(c, &layout);
   QS_EXPECT(st.ok(), "layout: %s", st.to_string().c_str());
   std::unique_ptr<ParamSet> ps;
   st = ParamSet::create(*g.e, dt, layout, true, &ps);

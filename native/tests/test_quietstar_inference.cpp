@@ -69,11 +69,9 @@ static void check_inference(const ModelConfig& c, int N, int T, int pad, uint64_
   const int B = 2, D = c.d_model, V = c.vocab_size, M = o.thought_tokens(), S = o.chain_steps();
 
   // The Quiet-STaR model (model views + extras in one ParamSet) and a plain copy.
-  std::vector<ParamSpec> specs = model_param_specs(c);
-  for (const ParamSpec& s : quietstar_param_specs(c)) specs.push_back(s);
   ParamLayout layout, plain_layout;
   std::unique_ptr<ParamSet> tmp;
-  ParamLayout::create(specs, &layout);
+  quietstar_model_layout(c, &layout);
   ParamLayout::create(model_param_specs(c), &plain_layout);
   ParamSet::create(*e, DType::F64, layout, false, &tmp);
   std::shared_ptr<ParamSet> ps = std::move(tmp);

@@ -51,11 +51,9 @@ bool make_rig(Rig& r, const ModelConfig& c, int N, uint64_t seed) {
   Status st = Engine::create(eo, &r.e);
   r.c = c;
   r.o.n_ahead = N, r.o.n_ahead_talk = 1, r.o.n_passes = 1, r.o.start_id = kStart, r.o.end_id = kEnd;
-  std::vector<ParamSpec> specs = model_param_specs(c);
-  for (const ParamSpec& s : quietstar_param_specs(c)) specs.push_back(s);
   ParamLayout layout;
   std::unique_ptr<ParamSet> tmp;
-  if (st.ok()) st = ParamLayout::create(specs, &layout);
+  if (st.ok()) st = quietstar_model_layout(c, &layout);
   if (st.ok()) st = ParamSet::create(*r.e, DType::F64, layout, false, &tmp);
   r.ps = std::move(tmp);
   if (st.ok()) st = Model::create(*r.e, c, r.ps, &r.m);

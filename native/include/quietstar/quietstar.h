@@ -70,6 +70,8 @@ struct QuietStarOptions {
 
 // The extra parameter views, appended after model_param_specs(config) in one layout.
 std::vector<ParamSpec> quietstar_param_specs(const ModelConfig& config);
+// The whole parameter layout of a Quiet-STaR model: model_param_specs(config), then the extras.
+Status quietstar_model_layout(const ModelConfig& config, ParamLayout* out);
 
 // Per-step figures (means over what the reference averages; definitions in quietstar_train.cpp:
 // reward statistics over the (r, i < T-1-A) whose first target x_{i+1} is not ignored, the
@@ -88,7 +90,8 @@ struct QuietStarMetrics {
 
 class QuietStar {
  public:
-  // `model`'s ParamSet must hold quietstar_param_specs(config) after the model's views.
+  // `model`'s ParamSet must hold quietstar_param_specs(config) after the model's views
+  // (quietstar_model_layout).
   static Status create(Engine& engine, Model* model, const QuietStarOptions& options,
                        std::unique_ptr<QuietStar>* out);
   ~QuietStar();
